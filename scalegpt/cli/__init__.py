@@ -1,0 +1,37 @@
+"""The `scalegpt` command. Each sub-command lives in its own module here and exposes `register(subparsers)`,
+which adds its parser and sets `func` (called with the parsed args; returns an exit code or None)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from scalegpt.errors import ScalegptError
+
+COMMAND_MODULES = [
+    "scalegpt.cli.tokenizer_cmd",  # scalegpt tokenizer train
+    "scalegpt.cli.export_cmd",  # scalegpt export
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalegpt", description="Pretrain GPT-style language models.")
+    from scalegpt import __version__
+
+    parser.add_argument("--version", action="version", version=f"scalegpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ScalegptError as e:
+        print(f"scalegpt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scalegpt: interrupted", file=sys.stderr)
+        return 130

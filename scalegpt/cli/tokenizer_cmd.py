@@ -1,0 +1,25 @@
+"""scalegpt tokenizer train --input FILE_OR_DIR... --vocab-size N [--model-type bpe|unigram] --out PREFIX"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    t = tsub.add_parser("train", help="train a SentencePiece model on text files or folders")
+    t.add_argument("--input", nargs="+", required=True, help="text files or folders (searched recursively)")
+    t.add_argument("--vocab-size", type=int, required=True, help="number of pieces in the vocabulary")
+    t.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    t.add_argument("--out", required=True, help="output prefix: writes PREFIX.model and PREFIX.vocab")
+    t.add_argument("--max-sentences", type=int, default=2_000_000, help="lines sampled for training")
+    t.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from scalegpt.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    path = train_sentencepiece(args.input, args.vocab_size, args.out, model_type=args.model_type,
+                               max_sentences=args.max_sentences)
+    tok = SentencePieceTokenizer.from_file(path)
+    print(f"wrote {path} (vocab_size {tok.vocab_size}, end-of-text id {tok.eot_id}); "
+          f"use it with --tokenizer {path}")
+    return 0
