@@ -6,8 +6,10 @@ A model directory (what `GPT.save_pretrained` writes and `scalegpt export` start
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -34,11 +36,16 @@ def write_dir_atomically(final: Path, write_into) -> None:
 
     An existing `final` is replaced only after the new directory is complete on disk."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            raise ScalegptError(_write_error(final, e)) from None
+        raise
     try:
         write_into(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
@@ -48,13 +55,59 @@ def write_dir_atomically(final: Path, write_into) -> None:
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if old is not None:  # put the previous version back rather than leave no `final` at all
+                os.replace(old, final)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as e:
+        # Diagnose before rmtree frees the space; a ScalegptError from write_into is already the clear message.
+        why = _write_error(final, e) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
         shutil.rmtree(tmp, ignore_errors=True)
+        if why is not None:
+            raise ScalegptError(why) from None
         raise
+
+
+# errno values that mean "this disk cannot take the write". A bare "[Errno 28]" buried in a traceback is easy to
+# misread as a bug in the trainer, and the writers report it differently: Python raises OSError, safetensors a
+# SafetensorError naming "(os error 28)", torch.save a RuntimeError with a strerror or only "unexpected pos".
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied (read-only directory?)",
+    errno.EPERM: "permission denied (read-only directory?)",
+}
+_LOW_SPACE_BYTES = 1 << 20
+
+
+def _write_error(final: Path, e: Exception) -> str | None:
+    """A one-line message when `e` means the disk refused the write, else None (the original error is re-raised)."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        text = str(e)
+        m = re.search(r"os error (\d+)", text)
+        if m:
+            code = int(m.group(1))
+        else:
+            code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in text), None)
+    what = _WRITE_ERRNOS.get(code)
+    if what is None and not isinstance(e, OSError):
+        try:
+            st = os.statvfs(final.parent)
+            if st.f_bavail * st.f_frsize < _LOW_SPACE_BYTES:
+                what = "disk full"
+        except OSError:
+            pass
+    if what is None:
+        return None
+    detail = " ".join(str(e).split())
+    return f"cannot write checkpoint {final}: {what} ({detail}); any previous checkpoint is untouched"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -117,14 +170,20 @@ def resolve_checkpoint(path) -> Path:
     p = Path(path)
     if is_model_dir(p):
         return p
-    ckpts = sorted((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
-    ckpts = [c for c in ckpts if is_model_dir(c)]
+    ckpts = list((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
+    # By step number, not by name: "step_9" is older than "step_10" even when the numbers are not zero-padded.
+    ckpts = sorted((c for c in ckpts if is_model_dir(c)), key=lambda c: (_step_number(c), c.name))
     if ckpts:
         return ckpts[-1]
     if not p.exists():
         raise ScalegptError(f"{p}: no such checkpoint or run directory")
     raise ScalegptError(f"{p}: neither a checkpoint directory (config.json + model.safetensors) "
                         "nor a run directory with checkpoints/step_*")
+
+
+def _step_number(path: Path) -> int:
+    suffix = path.name[len("step_"):]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def load_model_dir(directory, device="cpu"):

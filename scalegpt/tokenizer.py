@@ -237,6 +237,9 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, ou
             sentence_iterator=lines(), model_prefix=str(out_prefix), vocab_size=vocab_size, model_type=model_type,
             character_coverage=character_coverage, input_sentence_size=max_sentences, shuffle_input_sentence=True,
             byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+            # Lossless for pretraining: the default NFKC normalisation and whitespace squeezing would turn newlines
+            # and indentation into single spaces, so decode(encode(text)) would not give the text back.
+            normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         )
     except RuntimeError as e:
         raise ScalegptError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
