@@ -10,6 +10,8 @@ from scalegpt.errors import ScalegptError
 
 COMMAND_MODULES = [
     "scalegpt.cli.tokenizer_cmd",  # scalegpt tokenizer train
+    "scalegpt.cli.prepare_cmd",  # scalegpt prepare
+    "scalegpt.cli.check_cmd",  # scalegpt check DIR
     "scalegpt.cli.export_cmd",  # scalegpt export
 ]
 

@@ -1,0 +1,393 @@
+"""Token datasets written by `scalegpt prepare`, and the rank-aware, resumable loader that feeds training.
+
+Windows. A shard of n tokens holds (n - 1) // T windows of T + 1 tokens at stride T (x = window[:-1], y = window[1:]);
+a window never crosses a shard boundary, so at most T tokens at the end of each shard are never an input (with the
+default 100M-token shards, 0.001%) and a shard shorter than T + 1 tokens contributes no window.
+
+Order. Epoch e visits every window exactly once: the shard order is a permutation seeded by (seed, e), and the windows
+of each shard a permutation seeded by (seed, e, shard), generated only when the walk enters that shard (never one
+permutation of all windows). The sequence of global windows g = 0, 1, 2, ... (epoch g // num_windows) is therefore a
+pure function of the seed, not of the world size: optimizer step s uses windows [s*G, (s+1)*G), and micro-step m of
+rank r reads windows s*G + m*B*W + r*B ... + B. Two ranks together draw exactly the batch one process draws, and
+the loader state is one global window index, valid at any world size. A corpus with fewer windows than a batch simply
+wraps into the next epoch. `shuffle=False` walks shards and windows in order.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import numbers
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scalegpt.errors import ScalegptError
+from scalegpt.tokenizer import check_same_tokenizer, tokenizer_from_spec
+
+FORMAT = "scalegpt-tokens"
+SUPPORTED_VERSIONS = (1,)
+DTYPES = ("uint16", "uint32")
+STATE_VERSION = 1
+RELEASE_EVERY = 8  # window reads between drops of the mapped pages
+
+
+def _load_meta(data_dir: Path) -> dict:
+    meta_path = data_dir / "meta.json"
+    if not data_dir.is_dir():
+        raise ScalegptError(f"{data_dir}: no such dataset directory (create one with `scalegpt prepare`)")
+    if not meta_path.is_file():
+        hint = (" (a preparation was interrupted: re-run the same `scalegpt prepare` command)"
+                if (data_dir / ".partial").exists() else " (create one with `scalegpt prepare`)")
+        raise ScalegptError(f"{meta_path}: missing, so {data_dir} is not a prepared dataset{hint}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScalegptError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ScalegptError(f"{meta_path}: key 'format' should be '{FORMAT}'; not a scalegpt token dataset")
+    if meta.get("version") not in SUPPORTED_VERSIONS:
+        raise ScalegptError(f"{meta_path}: key 'version' is {meta.get('version')!r}; this scalegpt reads "
+                            f"{SUPPORTED_VERSIONS}")
+    if meta.get("dtype") not in DTYPES:
+        raise ScalegptError(f"{meta_path}: key 'dtype' is {meta.get('dtype')!r}, expected one of {DTYPES}")
+    if not isinstance(meta.get("tokenizer"), dict) or "kind" not in meta["tokenizer"]:
+        raise ScalegptError(f"{meta_path}: key 'tokenizer' should be a tokenizer spec (a dict with 'kind')")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        raise ScalegptError(f"{meta_path}: key 'splits' should map split names to their shards")
+    for name, info in splits.items():
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("num_tokens"), int)
+                and isinstance(s.get("sha256"), str) and "/" not in s["file"] and "\\" not in s["file"]
+                for s in shards):
+            raise ScalegptError(f"{meta_path}: key 'splits.{name}.shards' should be a list of "
+                                f"{{file, num_tokens, sha256}} entries")
+    return meta
+
+
+def _check_shard(path: Path, dtype: str, num_tokens: int) -> None:
+    """Length and dtype from the .npy header against meta.json: cheap (reads the header, maps nothing)."""
+    if not path.is_file():
+        raise ScalegptError(f"{path}: shard listed in meta.json is missing")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        reason = "truncated" if "larger than" in str(e) or "greater than" in str(e) else "not a token array (.npy)"
+        raise ScalegptError(f"{path}: {reason} ({str(e).splitlines()[0]})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1:
+        raise ScalegptError(f"{path}: not a token array (expected 1-D {dtype}, got shape {getattr(arr, 'shape', '?')})")
+    if arr.dtype != np.dtype(dtype):
+        raise ScalegptError(f"{path}: dtype {arr.dtype}, but meta.json says {dtype}")
+    if len(arr) != num_tokens:
+        raise ScalegptError(f"{path}: {len(arr)} tokens, but meta.json says {num_tokens}")
+    expected_size = arr.offset + arr.nbytes
+    actual = path.stat().st_size
+    if actual != expected_size:
+        raise ScalegptError(f"{path}: {actual} bytes, expected {expected_size} for {num_tokens} {dtype} tokens")
+
+
+class Dataset:
+    """One split of a prepared dataset: its shards, memory-mapped on demand (at most two maps open at a time)."""
+
+    def __init__(self, data_dir: Path, split: str, meta: dict):
+        self.data_dir, self.split, self.meta = data_dir, split, meta
+        info = meta["splits"][split]
+        self.shard_files = [data_dir / s["file"] for s in info["shards"]]
+        self.shard_lengths = [int(s["num_tokens"]) for s in info["shards"]]
+        self.shard_sha256 = [s["sha256"] for s in info["shards"]]
+        self.dtype = np.dtype(meta["dtype"])
+        self.tokenizer_spec: dict = meta["tokenizer"]
+        self.num_tokens = sum(self.shard_lengths)
+        self._maps: OrderedDict[int, tuple[np.ndarray, mmap.mmap]] = OrderedDict()
+        self._reads = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"Dataset({str(self.data_dir)!r}, split={self.split!r}, tokens={self.num_tokens:,}, "
+                f"shards={len(self.shard_files)}, dtype={self.dtype.name})")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer_spec.get("vocab_size", self.meta.get("vocab_size")))
+
+    def tokenizer(self):
+        return tokenizer_from_spec(self.tokenizer_spec)
+
+    def check_tokenizer(self, spec: dict, what: str = "the model") -> None:
+        """ScalegptError when `spec` is not the tokenizer this data was prepared with."""
+        check_same_tokenizer(spec, self.tokenizer_spec, what, f"the data in {self.data_dir}")
+
+    def _map(self, shard: int) -> np.ndarray:
+        entry = self._maps.get(shard)
+        if entry is None:
+            # The header was validated by np.load at open; map the file ourselves to be able to madvise it.
+            offset = np.load(self.shard_files[shard], mmap_mode="r", allow_pickle=False).offset
+            with open(self.shard_files[shard], "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            entry = (np.frombuffer(mm, dtype=self.dtype, count=self.shard_lengths[shard], offset=offset), mm)
+            self._maps[shard] = entry
+            while len(self._maps) > 2:
+                self._maps.popitem(last=False)  # unmapped once the array and the map are garbage
+        else:
+            self._maps.move_to_end(shard)
+        return entry[0]
+
+    def read(self, shard: int, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of one shard, copied out of the map (still in the on-disk dtype)."""
+        with self._lock:
+            out = np.array(self._map(shard)[start:stop])
+            self._reads += 1
+            if self._reads >= RELEASE_EVERY and hasattr(mmap, "MADV_DONTNEED"):
+                # Pages touched through a map count as this process's resident memory until unmapped, and one
+                # touch can map a whole large folio (MBs), so a shuffled walk would creep up to the shard size.
+                # Unmap them every few reads: they stay in the OS page cache, and this costs ~1 us.
+                for _, mm in self._maps.values():
+                    mm.madvise(mmap.MADV_DONTNEED)
+                self._reads = 0
+            return out
+
+    def window_counts(self, seq_len: int) -> list[int]:
+        return [(n - 1) // seq_len if n > seq_len else 0 for n in self.shard_lengths]
+
+
+def open_dataset(data_dir, split: str = "train") -> Dataset:
+    """Open one split of a prepared dataset, checking meta.json against every shard's header (length, dtype, size);
+    checksums are verified by `check_dataset` / `scalegpt check DIR`, which reads every byte."""
+    data_dir = Path(data_dir)
+    meta = _load_meta(data_dir)
+    if split not in meta["splits"]:
+        raise ScalegptError(f"{data_dir}: no split '{split}' (has {', '.join(meta['splits'])})")
+    info = meta["splits"][split]
+    if not info["shards"]:
+        raise ScalegptError(f"{data_dir}: the {split} split is empty (prepared with --val-fraction 0 or "
+                            f"--val-tokens 0?)")
+    for s in info["shards"]:
+        _check_shard(data_dir / s["file"], meta["dtype"], s["num_tokens"])
+    return Dataset(data_dir, split, meta)
+
+
+def check_dataset(data_dir) -> list[dict]:
+    """Every shard of every split: header checks and the sha256 of the whole file. Returns one row per shard with
+    `ok` and `problem`; raises only when meta.json itself is unusable."""
+    import hashlib
+
+    data_dir = Path(data_dir)
+    meta = _load_meta(data_dir)
+    rows = []
+    for split, info in meta["splits"].items():
+        for s in info["shards"]:
+            path = data_dir / s["file"]
+            row = {"split": split, "file": s["file"], "num_tokens": s["num_tokens"], "dtype": meta["dtype"],
+                   "ok": True, "problem": ""}
+            try:
+                _check_shard(path, meta["dtype"], s["num_tokens"])
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 22):
+                        h.update(block)
+                if h.hexdigest() != s["sha256"]:
+                    raise ScalegptError(f"{path}: sha256 {h.hexdigest()[:16]}... does not match meta.json "
+                                        f"({s['sha256'][:16]}...): the shard is corrupted")
+            except ScalegptError as e:
+                row["ok"], row["problem"] = False, str(e)
+            rows.append(row)
+    return rows
+
+
+def _int_arg(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ScalegptError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+
+
+class DataLoader:
+    """Rank-aware, exactly resumable batches of (B, T) int64 windows; see the module docstring for the order."""
+
+    def __init__(self, ds: Dataset, seq_len: int, global_batch_size: int, micro_batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 1337, shuffle: bool = True, device="cpu", prefetch: bool = True):
+        self.ds = ds
+        self.T = _int_arg("seq_len", seq_len, 1)
+        self.G = _int_arg("global_batch_size", global_batch_size, 1)
+        self.B = _int_arg("micro_batch_size", micro_batch_size, 1)
+        self.W = _int_arg("world_size", world_size, 1)
+        self.rank = _int_arg("rank", rank, 0)
+        self.seed = _int_arg("seed", seed, 0)
+        if self.rank >= self.W:
+            raise ScalegptError(f"rank {rank} is out of range for world_size {world_size}")
+        if self.G % (self.B * self.W):
+            raise ScalegptError(
+                f"global_batch_size {self.G} is not divisible by micro_batch_size {self.B} x world_size {self.W} "
+                f"= {self.B * self.W}")
+        self.accum_steps = self.G // (self.B * self.W)
+        self.shuffle = bool(shuffle)
+        self.device = torch.device(device)
+        self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
+        self.num_windows = int(self.counts.sum())
+        if self.num_windows == 0:
+            raise ScalegptError(
+                f"{ds.data_dir} ({ds.split}): no shard holds seq_len+1 = {self.T + 1} tokens (largest "
+                f"{max(ds.shard_lengths)}); use a shorter seq_len or prepare with a larger --shard-tokens")
+        self.position = 0  # global index of the first window of the next micro-step (rank independent)
+        self.micro_step = 0
+        self._layouts: OrderedDict = OrderedDict()
+        self._perms: OrderedDict = OrderedDict()
+        self._pin = self.device.type == "cuda"
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="scalegpt-data") if prefetch else None
+        self._future = None
+        self._future_pos = -1
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.num_windows
+
+    # ------------------------------------------------------------------------------------------- window order
+
+    def _layout(self, epoch: int):
+        lay = self._layouts.get(epoch)
+        if lay is None:
+            n = len(self.counts)
+            order = (np.random.default_rng([self.seed, epoch, 0, 0]).permutation(n) if self.shuffle
+                     else np.arange(n))
+            lay = (order, np.cumsum(self.counts[order]))
+            self._layouts[epoch] = lay
+            while len(self._layouts) > 2:
+                self._layouts.popitem(last=False)
+        return lay
+
+    def _perm(self, epoch: int, shard: int) -> np.ndarray:
+        key = (epoch, shard)
+        p = self._perms.get(key)
+        if p is None:
+            p = np.random.default_rng([self.seed, epoch, 1, shard]).permutation(int(self.counts[shard]))
+            self._perms[key] = p
+            while len(self._perms) > 3:
+                self._perms.popitem(last=False)
+        return p
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """(shard, start token) of global window g."""
+        epoch, i = divmod(g, self.num_windows)
+        order, cum = self._layout(epoch)
+        k = int(np.searchsorted(cum, i, side="right"))
+        shard = int(order[k])
+        local = i - (int(cum[k - 1]) if k else 0)
+        w = int(self._perm(epoch, shard)[local]) if self.shuffle else local
+        return shard, w * self.T
+
+    def _make_batch(self, position: int):
+        first = position + self.rank * self.B
+        rows = np.empty((self.B, self.T + 1), dtype=self.ds.dtype)
+        for j in range(self.B):
+            shard, start = self.locate(first + j)
+            rows[j] = self.ds.read(shard, start, start + self.T + 1)
+        t = torch.from_numpy(rows.astype(np.int64))
+        x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        if self._pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    # ---------------------------------------------------------------------------------------------- batches
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch of this rank: x, y of shape (B, T), int64, on the device."""
+        if self._future is not None and self._future_pos == self.position:
+            x, y = self._future.result()
+        else:
+            x, y = self._make_batch(self.position)
+        self._future = None
+        self.position += self.B * self.W
+        self.micro_step = (self.micro_step + 1) % self.accum_steps
+        if self._executor is not None:
+            self._future_pos = self.position
+            self._future = self._executor.submit(self._make_batch, self.position)
+        return _to_device(x, self.device), _to_device(y, self.device)
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "position": self.position, "micro_step": self.micro_step,
+                "epoch": self.epoch, "seed": self.seed, "shuffle": int(self.shuffle), "seq_len": self.T,
+                "num_windows": self.num_windows, "global_batch_size": self.G, "micro_batch_size": self.B,
+                "world_size": self.W}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where `state` left off. A state saved at another world size or micro batch is re-mapped
+        (the position is a global window index) when it was saved between optimizer steps, refused otherwise."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ScalegptError(f"loader state: expected a dict with version {STATE_VERSION}, got "
+                                f"{str(state)[:80]}")
+        now = {"seed": self.seed, "shuffle": int(self.shuffle), "seq_len": self.T, "num_windows": self.num_windows}
+        for key in ("position", "micro_step", *now):
+            if not isinstance(state.get(key), numbers.Integral) or state[key] < 0:
+                raise ScalegptError(f"loader state: key '{key}' should be an integer >= 0, got {state.get(key)!r}")
+        for key, value in now.items():
+            if int(state[key]) != value:
+                what = "the dataset changed" if key == "num_windows" else f"{key} changed"
+                raise ScalegptError(f"loader state: {key} was {state.get(key)} when saved, now {value} ({what}); "
+                                    f"the saved position cannot be resumed exactly")
+        position, micro = int(state["position"]), int(state["micro_step"])
+        same_layout = (state.get("world_size"), state.get("micro_batch_size"), state.get("global_batch_size")) == \
+                      (self.W, self.B, self.G)
+        if not same_layout and micro != 0:
+            raise ScalegptError(
+                f"loader state was saved in the middle of an optimizer step (micro-step {micro} at world_size "
+                f"{state.get('world_size')}, micro_batch_size {state.get('micro_batch_size')}); it can only resume "
+                f"with that same layout, now world_size {self.W}, micro_batch_size {self.B}")
+        if self._future is not None:
+            self._future.cancel()
+            try:
+                self._future.result()
+            except Exception:
+                pass
+            self._future = None
+        self.position, self.micro_step = position, micro
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+            self._future = None
+
+
+def eval_batches(ds: Dataset, batch_size: int, seq_len: int, max_tokens: int | None = None, rank: int = 0,
+                 world_size: int = 1, device="cpu"):
+    """Deterministic evaluation batches: the first max_tokens // seq_len windows of the split in order (all windows
+    when max_tokens is None), window i going to rank i % world_size; batches of up to batch_size windows (the last
+    may be smaller, and a rank may get none). The windows do not depend on the batch size."""
+    B = _int_arg("batch_size", batch_size, 1)
+    T = _int_arg("seq_len", seq_len, 1)
+    W = _int_arg("world_size", world_size, 1)
+    r = _int_arg("rank", rank, 0)
+    if r >= W:
+        raise ScalegptError(f"rank {rank} is out of range for world_size {world_size}")
+    counts = ds.window_counts(T)
+    total = sum(counts)
+    if total == 0:
+        raise ScalegptError(f"{ds.data_dir} ({ds.split}): no shard holds seq_len+1 = {T + 1} tokens")
+    n = total if max_tokens is None else min(total, _int_arg("max_tokens", max_tokens, 0) // T)
+    device = torch.device(device)
+    mine = range(r, n, W)
+    cum = np.cumsum(counts)
+    for b in range(0, len(mine), B):
+        idx = mine[b:b + B]
+        rows = np.empty((len(idx), T + 1), dtype=ds.dtype)
+        for j, i in enumerate(idx):
+            k = int(np.searchsorted(cum, i, side="right"))
+            local = i - (int(cum[k - 1]) if k else 0)
+            rows[j] = ds.read(k, local * T, local * T + T + 1)
+        t = torch.from_numpy(rows.astype(np.int64))
+        x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        if device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        yield _to_device(x, device), _to_device(y, device)

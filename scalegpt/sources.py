@@ -1,0 +1,421 @@
+"""Input readers for `scalegpt prepare`: text, JSON lines, parquet (optionally .gz/.zst/.bz2) and HF streaming.
+
+Every reader streams. A source yields `Piece`s: a piece of text and whether it starts a new document. A document is
+one text file, or one record of a JSON-lines/parquet file, or one HF row. Long text files are cut into pieces of about
+`piece_chars` characters, always just before a whitespace character that follows a non-whitespace one: GPT-2's
+pre-tokenizer never lets a pre-token span such a point, so tokenizing the pieces one by one gives exactly the tokens of
+the whole file (for `char` any cut is exact; a SentencePiece model sees each piece as a new sentence).
+"""
+from __future__ import annotations
+
+import bz2
+import codecs
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from scalegpt.errors import ScalegptError
+
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+PARQUET_SUFFIXES = {".parquet"}
+COMPRESSED_SUFFIXES = {".gz", ".zst", ".bz2"}
+KNOWN = "text (.txt/.text/.md), JSON lines (.jsonl/.json), .parquet, optionally compressed (.gz/.zst/.bz2)"
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+READ_BLOCK = 1 << 20
+PIECE_CHARS = 1 << 18  # big enough to amortise inter-process traffic, small enough to spread one file over workers
+
+Progress = Callable[[int], None]  # called with the number of on-disk bytes just consumed
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    kind: str  # "text" | "jsonl" | "parquet"
+    compression: str | None
+    size: int
+
+
+@dataclass
+class Piece:
+    text: str
+    new_doc: bool
+    side: str | None = None  # "train"/"val" when a single document is split by position
+
+
+def classify(path: Path, explicit: bool) -> tuple[str, str | None] | None:
+    """(kind, compression) from the file name; None for a file a folder walk should skip."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes[-1][1:] if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES else None
+    if compression:
+        inner = suffixes[-2] if len(suffixes) >= 2 else ""
+    else:
+        inner = suffixes[-1] if suffixes else ""
+    if inner in TEXT_SUFFIXES:
+        return "text", compression
+    if inner in JSONL_SUFFIXES:
+        return "jsonl", compression
+    if inner in PARQUET_SUFFIXES:
+        if compression:
+            raise ScalegptError(f"{path}: compressed parquet is not supported (parquet compresses internally)")
+        return "parquet", None
+    # A file named explicitly is read as text whatever its name; a folder walk only takes known kinds.
+    return ("text", compression) if explicit else None
+
+
+def discover(inputs: list[str | os.PathLike], exclude: Path | None = None) -> list[InputFile]:
+    """Expand files and folders (recursively, sorted, hidden files skipped) into the ordered list of input files.
+    A folder walk skips `exclude` (the output directory, when it lies inside an input folder)."""
+    exclude = exclude.resolve() if exclude is not None else None
+    if not inputs:
+        raise ScalegptError("no inputs: give --input FILE_OR_DIR..., --hf-dataset NAME or --recipe NAME")
+    files: list[InputFile] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = []
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p)
+                if exclude is not None and (f.resolve() == exclude or exclude in f.resolve().parents):
+                    continue
+                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    c = classify(f, explicit=False)
+                    if c:
+                        found.append(InputFile(f, c[0], c[1], f.stat().st_size))
+            if not found:
+                raise ScalegptError(f"{p}: folder contains no input files; expected {KNOWN}")
+            files.extend(found)
+        elif p.is_file():
+            kind, comp = classify(p, explicit=True)
+            files.append(InputFile(p, kind, comp, p.stat().st_size))
+        else:
+            raise ScalegptError(f"{p}: no such file or directory")
+    return files
+
+
+class _Counting(io.RawIOBase):
+    """Wraps the on-disk file so progress follows the bytes actually read, compressed or not."""
+
+    def __init__(self, raw, progress: Progress | None):
+        super().__init__()
+        self.raw, self.progress = raw, progress
+
+    def readinto(self, b):
+        n = self.raw.readinto(b)
+        if self.progress and n:
+            self.progress(n)
+        return n
+
+    def readable(self):
+        return True
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
+def open_binary(inp: InputFile, progress: Progress | None = None):
+    """A buffered, line-iterable binary stream of the (decompressed) file contents."""
+    raw = io.BufferedReader(_Counting(open(inp.path, "rb", buffering=0), progress), READ_BLOCK)
+    if inp.compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if inp.compression == "bz2":
+        return bz2.BZ2File(raw, mode="rb")
+    if inp.compression == "zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), READ_BLOCK)
+    return raw
+
+
+def _read_blocks(inp: InputFile, progress: Progress | None) -> Iterator[bytes]:
+    where = inp.path
+    f = open_binary(inp, progress)
+    try:
+        while True:
+            try:
+                block = f.read(READ_BLOCK)
+            except (OSError, EOFError, ValueError) as e:
+                raise ScalegptError(f"{where}: cannot read {inp.compression or ''} data: {e}") from None
+            except Exception as e:  # zstandard raises its own ZstdError
+                raise ScalegptError(f"{where}: cannot read {inp.compression or ''} data: {e}") from None
+            if not block:
+                return
+            yield block
+    finally:
+        f.close()
+
+
+def _decoder(encoding: str, errors: str):
+    try:
+        return codecs.getincrementaldecoder(encoding)(errors=errors)
+    except LookupError:
+        raise ScalegptError(f"--encoding: unknown text encoding '{encoding}'") from None
+
+
+def decode_error(inp: InputFile, encoding: str, offset: int, e: UnicodeDecodeError) -> ScalegptError:
+    what = "uncompressed byte offset" if inp.compression else "byte offset"
+    bad = e.object[e.start:e.start + 1].hex()
+    return ScalegptError(
+        f"{inp.path}: cannot decode as {encoding} at {what} {offset} (byte 0x{bad}); "
+        f"pass --encoding ENCODING (e.g. cp437, latin-1) or --errors replace"
+    )
+
+
+def iter_text_chars(inp: InputFile, encoding: str, errors: str, progress: Progress | None = None) -> Iterator[str]:
+    """Decoded blocks of a text file, verbatim (no newline translation); decode errors name the byte offset."""
+    dec = _decoder(encoding, errors)
+    consumed = 0
+    for block in _read_blocks(inp, progress):
+        pending = len(dec.getstate()[0])
+        try:
+            text = dec.decode(block)
+        except UnicodeDecodeError as e:
+            raise decode_error(inp, encoding, consumed - pending + e.start, e) from None
+        consumed += len(block)
+        if text:
+            yield text
+    try:
+        tail = dec.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        pending = len(e.object)
+        raise decode_error(inp, encoding, consumed - pending + e.start, e) from None
+    if tail:
+        yield tail
+
+
+def _safe_cut(text: str, target: int) -> int:
+    """The largest cut <= target just before whitespace that follows non-whitespace; 0 if there is none."""
+    i = target
+    while i > 0:
+        if text[i].isspace() and not text[i - 1].isspace():
+            return i
+        i -= 1
+    return 0
+
+
+def text_pieces(inp: InputFile, encoding: str, errors: str, piece_chars: int | None = None,
+                cut_at: int | None = None, progress: Progress | None = None) -> Iterator[Piece]:
+    """One text file as one document, in pieces; with `cut_at`, the piece boundary at that character position is
+    exact and the pieces after it are marked `val` (nanoGPT's split of a single-document corpus)."""
+    piece_chars = piece_chars or PIECE_CHARS
+    buf = ""
+    pos = 0  # characters already yielded
+    first = True
+    side = "train" if cut_at is not None else None
+
+    def emit(n: int):
+        nonlocal buf, pos, first
+        piece = Piece(buf[:n], new_doc=first, side=side)
+        buf, pos, first = buf[n:], pos + n, False
+        return piece
+
+    for chunk in iter_text_chars(inp, encoding, errors, progress):
+        buf += chunk
+        while True:
+            if side == "train" and pos + len(buf) >= cut_at:
+                if cut_at - pos > 0:
+                    yield emit(cut_at - pos)
+                side, first = "val", True
+                continue
+            if len(buf) <= piece_chars:
+                break
+            cut = _safe_cut(buf, piece_chars)
+            if cut == 0:
+                if len(buf) < 4 * piece_chars:
+                    break  # wait for whitespace; a cut in the middle of a word could change its tokens
+                cut = piece_chars
+            yield emit(cut)
+    if buf:
+        yield emit(len(buf))
+
+
+def jsonl_records(inp: InputFile, text_field: str, encoding: str, errors: str,
+                  progress: Progress | None = None) -> Iterator[str]:
+    """The `text_field` of every JSON object line; blank lines are skipped; errors name the file and line."""
+    f = open_binary(inp, progress)
+    offset = 0
+    try:
+        for lineno, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode(encoding, errors)
+            except UnicodeDecodeError as e:
+                raise ScalegptError(
+                    f"{inp.path}:{lineno}: cannot decode as {encoding} at byte offset {start + e.start}; "
+                    f"pass --encoding ENCODING or --errors replace") from None
+            except LookupError:
+                raise ScalegptError(f"--encoding: unknown text encoding '{encoding}'") from None
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ScalegptError(f"{inp.path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ScalegptError(f"{inp.path}:{lineno}: expected a JSON object with a '{text_field}' field, "
+                                    f"got {type(record).__name__}")
+            if text_field not in record:
+                keys = ", ".join(list(record)[:8]) or "none"
+                raise ScalegptError(f"{inp.path}:{lineno}: no field '{text_field}' (fields: {keys}); "
+                                    f"choose one with --text-field")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise ScalegptError(f"{inp.path}:{lineno}: field '{text_field}' is {type(text).__name__}, "
+                                    f"expected a string")
+            yield text
+    except (OSError, EOFError) as e:
+        raise ScalegptError(f"{inp.path}: cannot read {inp.compression or ''} data: {e}") from None
+    finally:
+        f.close()
+
+
+def parquet_records(inp: InputFile, text_field: str, progress: Progress | None = None) -> Iterator[str]:
+    """The `text_field` column, read one record batch at a time (never the whole file); nulls are skipped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(inp.path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ScalegptError(f"{inp.path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise ScalegptError(f"{inp.path}: no column '{text_field}' (columns: {', '.join(names[:8])}); "
+                            f"choose one with --text-field")
+    per_group = inp.size // max(1, pf.num_row_groups)
+    for g in range(pf.num_row_groups):
+        for batch in pf.iter_batches(batch_size=1024, row_groups=[g], columns=[text_field]):
+            col = batch.column(0)
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                raise ScalegptError(f"{inp.path}: column '{text_field}' has type {col.type}, expected strings")
+            for text in col.to_pylist():
+                if text is not None:
+                    yield text
+        if progress:
+            progress(per_group)
+
+
+HF_MISSING = ("--hf-dataset needs the optional `datasets` package: pip install 'scalegpt[datasets]' "
+              "(and network access)")
+
+
+def hf_records(name: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
+    """Rows of a HuggingFace dataset, streamed (needs the optional `datasets` package and network access)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ScalegptError(HF_MISSING) from None
+    try:
+        ds = datasets.load_dataset(name, name=config, split=split, streaming=True)
+    except Exception as e:
+        raise ScalegptError(f"--hf-dataset {name} (config {config}, split {split}): cannot open: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    for i, row in enumerate(ds):
+        if text_field not in row:
+            raise ScalegptError(f"--hf-dataset {name}: row {i} has no field '{text_field}' "
+                                f"(fields: {', '.join(list(row)[:8])}); choose one with --text-field")
+        if row[text_field]:
+            yield row[text_field]
+
+
+class Source:
+    """The ordered stream of documents of a prepare run (files or a HF dataset)."""
+
+    def __init__(self, files: list[InputFile] | None = None, hf: tuple[str, str | None, str] | None = None,
+                 text_field: str = "text", encoding: str = "utf-8", errors: str = "strict"):
+        if errors not in ("strict", "replace"):
+            raise ScalegptError(f"--errors must be 'strict' or 'replace', got '{errors}'")
+        _decoder(encoding, errors)
+        if hf:
+            import importlib.util
+
+            if importlib.util.find_spec("datasets") is None:
+                raise ScalegptError(HF_MISSING)  # before anything is loaded or created
+        self.files, self.hf = files or [], hf
+        self.text_field, self.encoding, self.errors = text_field, encoding, errors
+
+    @property
+    def single_document(self) -> bool:
+        """One text file is one document: it is split into train/val by position instead of by documents."""
+        return not self.hf and len(self.files) == 1 and self.files[0].kind == "text"
+
+    @property
+    def total_bytes(self) -> int | None:
+        return None if self.hf else sum(f.size for f in self.files)
+
+    def describe(self) -> list[dict]:
+        if self.hf:
+            return [{"hf_dataset": self.hf[0], "config": self.hf[1], "split": self.hf[2]}]
+        return [{"path": str(f.path), "bytes": f.size, "kind": f.kind, "compression": f.compression}
+                for f in self.files]
+
+    def identity(self) -> list:
+        """What a resumed run must find unchanged (paths, sizes, modification times)."""
+        if self.hf:
+            return [list(self.hf)]
+        return [[str(f.path.resolve()), f.size, f.path.stat().st_mtime_ns] for f in self.files]
+
+    def pieces(self, cut_at: int | None = None, progress: Progress | None = None) -> Iterator[Piece]:
+        if self.hf:
+            for text in hf_records(*self.hf, self.text_field):
+                yield Piece(text, True)
+            return
+        for inp in self.files:
+            if inp.kind == "text":
+                yield from text_pieces(inp, self.encoding, self.errors, cut_at=cut_at, progress=progress)
+            elif inp.kind == "jsonl":
+                for text in jsonl_records(inp, self.text_field, self.encoding, self.errors, progress):
+                    if text:
+                        yield Piece(text, True)
+            else:
+                for text in parquet_records(inp, self.text_field, progress):
+                    if text:
+                        yield Piece(text, True)
+
+    def char_count(self) -> int:
+        """Characters in the inputs. For an uncompressed file in UTF-8 or a one-byte encoding, counted from the bytes
+        without decoding (a 10 GB file costs seconds, not a decode pass); invalid bytes fail later, in the real pass."""
+        if len(self.files) == 1 and not self.files[0].compression and self.errors == "strict":
+            name = codecs.lookup(self.encoding).name
+            if name == "utf-8":
+                import numpy as np
+
+                n = 0
+                with open(self.files[0].path, "rb") as f:
+                    while block := f.read(1 << 24):
+                        b = np.frombuffer(block, dtype=np.uint8)
+                        n += len(b) - int(np.count_nonzero((b & 0xC0) == 0x80))  # continuation bytes start no char
+                return n
+            if len(bytes(range(256)).decode(self.encoding, "replace")) == 256 and not name.startswith("utf"):
+                return self.files[0].size  # one byte, one character
+        return sum(len(p.text) for p in self.pieces())
+
+    def char_stats(self) -> tuple[set[str], int]:
+        """A first streaming pass: the set of characters (for the char vocabulary) and the number of characters."""
+        chars: set[str] = set()
+        n = 0
+        for p in self.pieces():
+            chars.update(p.text)
+            n += len(p.text)
+        return chars, n
+
+
+def download_shakespeare(dest: Path) -> Path:
+    """Tiny Shakespeare from char-rnn (what nanoGPT downloads); a clear error when offline."""
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".download")
+    try:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+    except OSError as e:
+        raise ScalegptError(f"cannot download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}); "
+                            f"offline? pass a local copy with --input input.txt") from None
+    os.replace(tmp, dest)
+    return dest
