@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "scalegpt.cli.prepare_cmd",  # scalegpt prepare
     "scalegpt.cli.check_cmd",  # scalegpt check DIR
     "scalegpt.cli.export_cmd",  # scalegpt export
+    "scalegpt.cli.eval_cmd",  # scalegpt eval loss|hellaswag
+    "scalegpt.cli.sample_cmd",  # scalegpt sample
 ]
 
 

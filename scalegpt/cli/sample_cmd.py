@@ -1,0 +1,108 @@
+"""scalegpt sample (--checkpoint CKPT | --hf NAME_OR_DIR) [--prompt TEXT] [--num-samples N | --seeds 42,100,...]
+[--max-new-tokens N] [--seed S] [--temperature T] [--top-k K] [--top-p P] [--stop TEXT] [--interactive]"""
+from __future__ import annotations
+
+import sys
+
+SEPARATOR = "-" * 40
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a checkpoint or a HuggingFace GPT-2 model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory, or a run directory (its latest)")
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="a HuggingFace GPT-2 directory or hub name")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document from end-of-text)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples drawn as one batch")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one sample per seed (e.g. 42,100,200,300)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples (default: random)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy decoding")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set holding this mass")
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop at this text (repeatable; '<|endoftext|>' = the end-of-text token)")
+    p.add_argument("--interactive", action="store_true", help="a prompt loop that streams tokens; Ctrl-D exits")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    p.set_defaults(func=run_sample)
+
+
+def parse_seeds(text: str) -> list[int]:
+    from scalegpt.errors import ScalegptError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ScalegptError(f"--seeds must be comma-separated integers, got '{text}'") from None
+    if not seeds:
+        raise ScalegptError("--seeds is empty")
+    return seeds
+
+
+def run_sample(args) -> int:
+    from scalegpt.cli.eval_cmd import load_model, pick_device
+    from scalegpt.errors import ScalegptError
+    from scalegpt.generate import check_sampling_args, encode_prompt, generate
+
+    if args.max_new_tokens < 1:
+        raise ScalegptError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise ScalegptError(f"--num-samples must be >= 1, got {args.num_samples}")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    device = pick_device(args.device)
+    model, tokenizer, _, _ = load_model(args.checkpoint, args.hf, device)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, model.config.vocab_size)
+    settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, stop=args.stop, device=device)
+    if args.interactive:
+        return interactive(model, tokenizer, settings, args.seed)
+    _warn_long_prompt(tokenizer, args.prompt, model.config.block_size, encode_prompt)
+    if seeds is not None:
+        texts = [generate(model, tokenizer, args.prompt, num_samples=1, seed=s, **settings)[0] for s in seeds]
+        labels = [f"seed {s}" for s in seeds]
+    else:
+        texts = generate(model, tokenizer, args.prompt, num_samples=args.num_samples, seed=args.seed, **settings)
+        labels = [f"sample {i + 1}" for i in range(len(texts))]
+    for label, text in zip(labels, texts):
+        print(f"{SEPARATOR} {label}")
+        print(args.prompt + text)
+    return 0
+
+
+def _warn_long_prompt(tokenizer, prompt: str, block_size: int, encode_prompt) -> None:
+    _, dropped = encode_prompt(tokenizer, prompt, block_size)
+    if dropped:
+        print(f"scalegpt: warning: the prompt is longer than the block size; its first {dropped} tokens are "
+              f"dropped and the last {block_size} kept", file=sys.stderr)
+
+
+def interactive(model, tokenizer, settings: dict, seed: int | None) -> int:
+    """Read a prompt per line, stream the completion as it is produced; EOF (Ctrl-D) ends the loop."""
+    from scalegpt.generate import encode_prompt, stream
+
+    out = sys.stdout
+    print("Type a prompt and press Enter (empty line: start from end-of-text). Ctrl-D exits.", file=sys.stderr)
+    turn = 0
+    while True:
+        try:
+            print("> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 0
+        if not line:  # EOF
+            print(file=sys.stderr)
+            return 0
+        prompt = line.rstrip("\n")
+        _warn_long_prompt(tokenizer, prompt, model.config.block_size, encode_prompt)
+        out.write(prompt)
+        out.flush()
+        try:
+            for piece in stream(model, tokenizer, prompt, seed=None if seed is None else seed + turn, **settings):
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops this completion, not the session
+            pass
+        out.write("\n")
+        out.flush()
+        turn += 1

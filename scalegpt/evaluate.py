@@ -1,0 +1,84 @@
+"""Evaluation: validation loss / perplexity on a fixed token budget, and HellaSwag (see `scalegpt.hellaswag`).
+
+    evaluate_loss(model, batches)  -> {"loss": mean cross-entropy per target token, "perplexity": exp(loss),
+                                       "tokens": number of target tokens}
+
+The same function serves `scalegpt eval loss` and the training loop. Under torch.distributed every rank evaluates its
+own batches and the token-weighted sums are all-reduced, so every rank returns the global figure.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from scalegpt.errors import ScalegptError
+from scalegpt.generate import eval_mode
+from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag  # noqa: F401  (re-exported: one import site)
+
+__all__ = ["evaluate_loss", "evaluate_hellaswag", "load_hellaswag", "distributed_world"]
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world_size) of the initialised process group, or (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def lockstep(has_work: bool, device) -> bool:
+    """True while any rank still has work. A rank that ran out keeps joining the collectives (FSDP all-gathers its
+    parameters inside forward), so a rank with fewer or zero batches cannot leave the others waiting forever."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if has_work else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _logits(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_across_ranks: bool = True) -> dict:
+    """Token-weighted mean cross-entropy of the model over batches of (x, y) int64 (B, T); targets -1 are ignored.
+
+    The model runs in eval() under torch.no_grad() and is put back in its previous mode afterwards."""
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    _, world = distributed_world()
+    synced = reduce_across_ranks and world > 1
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of losses, number of target tokens]
+    it = iter(batches)
+    with eval_mode(model):
+        while True:
+            batch = next(it, None)
+            if synced and not lockstep(batch is not None, device):
+                break
+            if batch is None:
+                if not synced:
+                    break
+                with autocast:  # keep this rank in step with the others; the result is not used
+                    model(torch.zeros(1, 1, dtype=torch.long, device=device))
+                continue
+            x, y = (t.to(device, non_blocking=True) for t in batch)
+            with autocast:
+                logits = _logits(model(x))
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                                   ignore_index=-1, reduction="sum")
+            total[0] += loss.double()
+            total[1] += (y != -1).sum()
+    if synced:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    loss_sum, tokens = total.tolist()
+    if tokens == 0:
+        raise ScalegptError("evaluate_loss: no batches to evaluate (0 target tokens); "
+                            "is the split or --tokens too small?")
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(tokens)}

@@ -1,0 +1,328 @@
+"""HellaSwag, completion style (as karpathy/build-nanogpt's hellaswag.py scores it).
+
+Each example is a context and 4 endings. Each candidate row is `context tokens + tokens of " " + ending`; the model's
+cross-entropy is summed over the ending tokens only. `acc` picks the ending with the lowest summed loss, `acc_norm` the
+lowest mean loss per ending token (which does not favour short endings). Reference points on the 10,042 validation
+examples: GPT-2 124M acc 0.2859, acc_norm 0.2955 (build-nanogpt's published figures; the lm-eval harness, which scores
+differently, reports 31.14%).
+
+Speed: examples are sorted by length and packed `batch_size` examples x 4 endings per forward, right-padded; padding
+is excluded from the loss by targets of -1, and causal attention keeps it from touching real positions. A row longer
+than the model's block is cut from the left (the start of the context goes first); ending tokens cut with it, or left
+without a preceding token, are not scored.
+
+Data, `load_hellaswag(path)`:
+- the official jsonl (one object per line with ctx, endings, label), as in rowanz/hellaswag `hellaswag_val.jsonl`;
+- the 6-lines-per-task text format of llama.cpp (`<activity_label>: <ctx>`, label, 4 endings), plain or .bz2/.gz;
+  the context is the first line after its `<activity_label>: ` prefix;
+- None: the official validation jsonl, downloaded once into the cache (~/.cache/scalegpt, or $SCALEGPT_CACHE).
+"""
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from scalegpt.errors import ScalegptError
+
+OFFICIAL_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+OFFICIAL_VAL_GIT_BLOB = "0f5ee25d72216f12317d5d8a7b92deafa423d81e"  # `git hash-object` of the genuine file
+
+
+@dataclass
+class HellaSwagExample:
+    ctx: str
+    endings: list[str]
+    label: int
+    where: str = ""  # "file:line", for messages
+
+
+# ------------------------------------------------------------------------------------------------------------ loading
+
+
+def cache_dir() -> Path:
+    if os.environ.get("SCALEGPT_CACHE"):
+        return Path(os.environ["SCALEGPT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalegpt"
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def download_official_val() -> Path:
+    """The official validation jsonl in the cache, downloaded on first use and checked against its git blob id."""
+    target = cache_dir() / "hellaswag" / "hellaswag_val.jsonl"
+    if target.is_file():
+        return target
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(OFFICIAL_VAL_URL, timeout=60) as r:
+            data = r.read()
+    except OSError as e:
+        raise ScalegptError(f"cannot download HellaSwag from {OFFICIAL_VAL_URL} ({e}); offline, pass a local file "
+                            "with --file (e.g. shared/data/hellaswag_val_full.txt.bz2)") from None
+    if git_blob_id(data) != OFFICIAL_VAL_GIT_BLOB:
+        raise ScalegptError(f"downloaded {OFFICIAL_VAL_URL} but its content is not the expected file "
+                            f"(git blob {git_blob_id(data)}, expected {OFFICIAL_VAL_GIT_BLOB})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
+
+
+def _read_lines(path: Path) -> list[str]:
+    opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ScalegptError(f"{path}: no such HellaSwag file") from None
+    except (OSError, EOFError) as e:
+        raise ScalegptError(f"{path}: cannot read ({e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScalegptError(f"{path}: not UTF-8 text (byte {e.start}), so not a HellaSwag file") from None
+    return text.split("\n")
+
+
+def load_hellaswag(path=None, limit: int | None = None) -> list[HellaSwagExample]:
+    """Examples from a jsonl or 6-line text file (format recognised from the content), or the official val set."""
+    if limit is not None and limit < 1:
+        raise ScalegptError(f"--limit must be >= 1, got {limit}")
+    path = Path(path) if path is not None else download_official_val()
+    lines = [line.rstrip("\r") for line in _read_lines(path)]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise ScalegptError(f"{path}: empty file, not a HellaSwag file")
+    reader = _parse_jsonl if first.lstrip().startswith("{") else _parse_text
+    examples = reader(path, lines, limit)
+    return examples
+
+
+def _parse_jsonl(path: Path, lines: list[str], limit: int | None) -> list[HellaSwagExample]:
+    out = []
+    for n, line in enumerate(lines, 1):
+        if limit is not None and len(out) >= limit:
+            break
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ScalegptError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(d, dict) or not {"ctx", "endings"} <= d.keys():
+            raise ScalegptError(f"{where}: not a HellaSwag record (expected an object with ctx, endings and label)")
+        if "label" not in d or d["label"] in ("", None):
+            raise ScalegptError(f"{where}: HellaSwag record without a label (the test split is unlabelled)")
+        label = d["label"]
+        if isinstance(label, str) and label.isdigit():
+            label = int(label)
+        out.append(_checked(d["ctx"], d["endings"], label, where))
+    return out
+
+
+def _parse_text(path: Path, lines: list[str], limit: int | None) -> list[HellaSwagExample]:
+    out = []
+    for start in range(0, len(lines), 6):
+        if limit is not None and len(out) >= limit:
+            break
+        task = lines[start:start + 6]
+        where = f"{path}:{start + 1}"
+        if len(task) > 1 and task[1].strip() not in ("0", "1", "2", "3"):
+            raise ScalegptError(f"{path}:{start + 2}: expected the answer (0-3) of the task at line {start + 1}, got "
+                                f"{task[1][:40]!r}; not a HellaSwag file (jsonl or 6-line text format)")
+        if len(task) < 6:
+            raise ScalegptError(f"{where}: incomplete HellaSwag task ({len(task)} of 6 lines: '<label>: <context>', "
+                                "the answer 0-3, 4 endings)")
+        head = task[0]
+        ctx = head.split(": ", 1)[1] if ": " in head else head
+        out.append(_checked(ctx, task[2:6], int(task[1]), where))
+    return out
+
+
+def _checked(ctx, endings, label, where: str) -> HellaSwagExample:
+    if not isinstance(ctx, str) or not ctx.strip():
+        raise ScalegptError(f"{where}: HellaSwag context must be a non-empty string")
+    if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) and e.strip() for e in endings):
+        raise ScalegptError(f"{where}: HellaSwag needs exactly 4 non-empty endings")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 3:
+        raise ScalegptError(f"{where}: HellaSwag label must be 0, 1, 2 or 3, got {label!r}")
+    return HellaSwagExample(ctx=ctx, endings=list(endings), label=label, where=where)
+
+
+# ------------------------------------------------------------------------------------------------------------ scoring
+
+
+def encode_examples(tokenizer, examples: list[HellaSwagExample]) -> list[tuple[list[int], list[list[int]]]]:
+    """(context ids, 4 x ending ids) per example; each ending is encoded with its leading space, as GPT-2 saw text."""
+    ctxs = tokenizer.encode_batch([ex.ctx for ex in examples])
+    ends = tokenizer.encode_batch([" " + e for ex in examples for e in ex.endings])
+    return [(ctxs[i], ends[4 * i:4 * i + 4]) for i in range(len(examples))]
+
+
+def candidate_row(ctx: list[int], end: list[int], block_size: int) -> tuple[list[int], int]:
+    """(tokens, index of the first scored token): context + ending cut from the left to block_size tokens."""
+    tokens = ctx + end
+    cut = max(0, len(tokens) - block_size)
+    return tokens[cut:], max(1, len(ctx) - cut)
+
+
+def _score_batch(model, encoded, block_size: int, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed ending loss and number of scored tokens, each (len(encoded), 4), from one forward."""
+    rows = [candidate_row(ctx, end, block_size) for ctx, ends in encoded for end in ends]
+    width = max(len(tokens) for tokens, _ in rows) - 1
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    y = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, (tokens, first) in enumerate(rows):
+        t = torch.tensor(tokens, dtype=torch.long)
+        x[r, :len(tokens) - 1] = t[:-1]
+        y[r, first - 1:len(tokens) - 1] = t[first:]  # position i predicts token i + 1
+    x, y = x.to(device), y.to(device)
+    with autocast:
+        if _is_plain_gpt(model):
+            losses = _scored_losses(model, x, y)
+        else:
+            out = model(x)
+            logits = out[0] if isinstance(out, tuple) else out
+            losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1,
+                                     reduction="none").view(y.shape)  # (R, width)
+    sums = losses.sum(dim=1).view(-1, 4).double().cpu()
+    counts = (y != -1).sum(dim=1).view(-1, 4).cpu()
+    return sums, counts
+
+
+def _is_plain_gpt(model) -> bool:
+    from scalegpt.model import GPT
+
+    # Exactly GPT: a wrapped or sharded model (DDP, FSDP2's subclass, compile) must run through its own forward.
+    return type(model) is GPT
+
+
+def _scored_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(R, width) losses, non-zero only where y != -1, with the vocabulary projection computed only there.
+
+    Most positions are context, whose logits are never scored; projecting just the ending positions onto the
+    vocabulary (the largest matmul of a small model, and the softmax after it) roughly halves the work."""
+    t = model.transformer
+    h = t.drop(t.wte(x) + t.wpe(torch.arange(x.size(1), device=x.device)))
+    for block in t.h:
+        h = block(h)
+    keep = y != -1
+    h = t.ln_f(h[keep])  # (N, C): LayerNorm is per position, so selecting first is exact
+    logits = F.linear(h, model.lm_head.weight[: model.config.vocab_size])
+    losses = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
+    losses[keep] = F.cross_entropy(logits.float(), y[keep], reduction="none")
+    return losses
+
+
+def _prepare(model, tokenizer, examples):
+    from scalegpt.tokenizer import tokenizer_from_spec
+
+    if isinstance(tokenizer, dict):
+        tokenizer = tokenizer_from_spec(tokenizer)
+    from scalegpt.generate import model_config
+
+    vocab = model_config(model).vocab_size
+    if tokenizer.vocab_size > vocab:
+        raise ScalegptError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab}")
+    encoded = encode_examples(tokenizer, examples)
+    # Longest first, so similar lengths share a batch (little padding) and a memory problem shows up at once.
+    order = sorted(range(len(examples)), key=lambda i: -max(len(encoded[i][0]) + len(e) for e in encoded[i][1]))
+    return encoded, order
+
+
+def _batches(order, batch_size: int):
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def hellaswag_scores(model, tokenizer, examples, device="cpu", batch_size: int = 16, autocast=None):
+    """(summed ending losses, scored token counts), each (N, 4), in the order of examples. No ranks, no progress."""
+    from scalegpt.generate import eval_mode, model_config
+
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    encoded, order = _prepare(model, tokenizer, examples)
+    sums = torch.zeros(len(examples), 4, dtype=torch.float64)
+    counts = torch.zeros(len(examples), 4, dtype=torch.long)
+    block = model_config(model).block_size
+    with eval_mode(model):
+        for chunk in _batches(order, batch_size):
+            s, c = _score_batch(model, [encoded[i] for i in chunk], block, device, autocast)
+            sums[chunk], counts[chunk] = s, c
+    return sums, counts
+
+
+def predictions(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmin of summed loss, argmin of mean loss per token), each (N,)."""
+    return sums.argmin(dim=1), (sums / counts.clamp(min=1)).argmin(dim=1)
+
+
+def evaluate_hellaswag(model, tokenizer, examples, device="cpu", batch_size: int = 16, autocast=None,
+                       rank: int | None = None, world_size: int | None = None, progress: bool = True) -> dict:
+    """{"examples": N, "acc": ..., "acc_norm": ...} over all examples.
+
+    tokenizer: a scalegpt tokenizer or its spec. Each rank scores examples[rank::world_size] (by default the rank and
+    world size of the initialised process group); the counts are then all-reduced, so every rank returns the total."""
+    from scalegpt.evaluate import distributed_world, lockstep
+    from scalegpt.generate import eval_mode, model_config
+
+    if batch_size < 1:
+        raise ScalegptError(f"batch size must be >= 1, got {batch_size}")
+    auto_rank, auto_world = distributed_world()
+    rank = auto_rank if rank is None else rank
+    world_size = auto_world if world_size is None else world_size
+    synced = world_size > 1 and auto_world > 1
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    shard = list(examples)[rank::world_size]
+    encoded, order = _prepare(model, tokenizer, shard)
+    labels = torch.tensor([ex.label for ex in shard], dtype=torch.long)
+    counts = torch.zeros(3, dtype=torch.float64)  # examples, correct by summed loss, correct by mean loss
+    batches = _batches(order, batch_size)
+    block = model_config(model).block_size
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(shard), desc="hellaswag", unit="ex", disable=not progress or rank != 0, dynamic_ncols=True)
+    with eval_mode(model), bar:
+        i = 0
+        while True:
+            chunk = batches[i] if i < len(batches) else None
+            i += 1
+            if synced and not lockstep(chunk is not None, device):
+                break
+            if chunk is None:
+                if not synced:
+                    break
+                with autocast:  # keep this rank in step with the others; the result is not used
+                    model(torch.zeros(1, 1, dtype=torch.long, device=device))
+                continue
+            sums, n_tokens = _score_batch(model, [encoded[j] for j in chunk], block, device, autocast)
+            pred, pred_norm = predictions(sums, n_tokens)
+            gold = labels[chunk]
+            counts += torch.tensor([len(chunk), (pred == gold).sum().item(), (pred_norm == gold).sum().item()],
+                                   dtype=torch.float64)
+            bar.update(len(chunk))
+            bar.set_postfix(acc_norm=f"{counts[2].item() / counts[0].item():.4f}", refresh=False)
+    if synced:
+        import torch.distributed as dist
+
+        total = counts.to(device)
+        dist.all_reduce(total)
+        counts = total.cpu()
+    n = int(counts[0].item())
+    if n == 0:
+        raise ScalegptError("no HellaSwag examples to evaluate")
+    return {"examples": n, "acc": counts[1].item() / n, "acc_norm": counts[2].item() / n}
