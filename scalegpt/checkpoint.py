@@ -22,10 +22,11 @@ TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight; saved
 
 
 def clean_state_dict(state: dict) -> dict:
-    """Strip wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`) so names are always the model's own."""
+    """Strip wrapper prefixes (torch.compile's `_orig_mod.`, activation checkpointing's `_checkpoint_wrapped_module.`,
+    DDP's `module.`) so names are always the model's own."""
     out = {}
     for k, v in state.items():
-        for prefix in ("_orig_mod.", "module."):
+        for prefix in ("_orig_mod.", "_checkpoint_wrapped_module.", "module."):  # before "module.", its suffix
             k = k.replace(prefix, "")
         out[k] = v
     return out

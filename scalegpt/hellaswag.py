@@ -218,12 +218,8 @@ def _scored_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Most positions are context, whose logits are never scored; projecting just the ending positions onto the
     vocabulary (the largest matmul of a small model, and the softmax after it) roughly halves the work."""
-    t = model.transformer
-    h = t.drop(t.wte(x) + t.wpe(torch.arange(x.size(1), device=x.device)))
-    for block in t.h:
-        h = block(h)
     keep = y != -1
-    h = t.ln_f(h[keep])  # (N, C): LayerNorm is per position, so selecting first is exact
+    h = model.hidden_states(x)[keep]  # (N, C)
     logits = F.linear(h, model.lm_head.weight[: model.config.vocab_size])
     losses = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
     losses[keep] = F.cross_entropy(logits.float(), y[keep], reduction="none")

@@ -176,8 +176,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy over targets != -1, or None).
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> (B, T, n_embd) outputs of the final LayerNorm, the input of lm_head.
 
         With a KVCache, idx holds only the new tokens; their positions continue after the cached ones."""
         B, T = idx.shape
@@ -190,8 +190,11 @@ class GPT(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy over targets != -1, or None)."""
+        logits = self.lm_head(self.hidden_states(idx, cache))
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # padded ids are never scored nor sampled
         loss = None

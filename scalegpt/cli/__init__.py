@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from scalegpt.errors import ScalegptError
@@ -15,6 +16,9 @@ COMMAND_MODULES = [
     "scalegpt.cli.export_cmd",  # scalegpt export
     "scalegpt.cli.eval_cmd",  # scalegpt eval loss|hellaswag
     "scalegpt.cli.sample_cmd",  # scalegpt sample
+    "scalegpt.cli.train_cmd",  # scalegpt train
+    "scalegpt.cli.plot_cmd",  # scalegpt plot
+    "scalegpt.cli.quickstart_cmd",  # scalegpt quickstart
 ]
 
 
@@ -34,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except ScalegptError as e:
-        print(f"scalegpt: error: {e}", file=sys.stderr)
+        # Under torchrun every rank hits the same error; one line from rank 0 is the message, all ranks exit 2.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"scalegpt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scalegpt: interrupted", file=sys.stderr)

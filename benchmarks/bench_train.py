@@ -1,0 +1,238 @@
+"""Training-loop benchmark on CPU (a measurement, not a test).
+
+    python benchmarks/bench_train.py                      # overhead + shakespeare-char speed + GPT-2 124M MFU
+    python benchmarks/bench_train.py --full               # also the full 2000-step shakespeare-char run (val loss)
+    python benchmarks/bench_train.py --only overhead      # one part: overhead | shakespeare | gpt2 | full
+
+1. overhead: `Trainer.train_step` (+ its per-step logging) against a bare loop of the same model, batch and fused
+   AdamW (forward, backward, clip, step, zero_grad on a batch already in memory). Target: <= 5% slower.
+2. shakespeare: configs/shakespeare-char.toml (4 layers, 128 wide, 12 x 64 tokens) ms/step and tokens/s, against
+   nanoGPT's 47.7 ms/iteration measured on this machine class, and against a nanoGPT-style loop run here in the same
+   process (same model; foreach AdamW, random-offset get_batch from a memmap, loss.item() every step, as nanoGPT's
+   train.py does on CPU), so a busy machine slows both alike. Target: >= 1.25x nanoGPT's tokens/s.
+3. gpt2: GPT-2 124M shape, fp32, batch 1 x 1024, a few full trainer steps: achieved FLOP/s (6N + attention, the
+   model's flops_per_token) as a share of the measured fp32 matmul peak. nanoGPT: 74%; target >= 80%.
+4. full (--full): the whole 2000-step shakespeare-char run through `Trainer.fit`; val loss at step 2000 (target
+   <= 1.89; nanoGPT 1.8857) and wall time.
+
+The variants are timed in interleaved rounds and the best round is reported: the CI machine is shared, other
+processes only ever add time, and interleaving gives each variant the same chances of a quiet round. On an
+oversubscribed machine pass --threads 1: with 2 OpenMP threads on 2 busy cores every parallel region waits for a
+descheduled thread, and steps become several times slower (measured here: 1.19 s vs 0.40 s per quickstart step).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+NANOGPT_MS_PER_ITER = 47.7  # nanoGPT's CPU recipe on this machine class (issue 4)
+NANOGPT_GPT2_MFU = 0.74
+
+
+def prepared(text_path: Path, tokenizer: str, cache: Path) -> Path:
+    from scalegpt.prepare import prepare
+
+    out = cache / f"shakespeare-{tokenizer}"
+    if not (out / "meta.json").is_file():
+        prepare([str(text_path)], out=str(out), tokenizer=tokenizer, progress=False)
+    return out
+
+
+def trainer_for(config_path: Path, data: Path, run: Path, overrides: list[tuple[str, str]] = ()):
+    from scalegpt.config import load_config
+    from scalegpt.train import Trainer
+
+    config = load_config(config_path, [("data.dir", str(data)), ("train.device", "cpu"), ("log.progress", "false"),
+                                       ("log.plot", "false"), *overrides])
+    return Trainer(config, run, overwrite=True, echo=lambda *_: None)
+
+
+def interleaved(variants: dict, steps: int, rounds: int) -> dict[str, float]:
+    """{name: best-round ms per step}, timing `steps` calls of each variant per round, variants alternating.
+
+    The best round, as timeit reports: other processes only ever add time, so the fastest round is the closest to
+    what the code costs on an idle machine."""
+    times = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up: allocator, thread pool, first-call paths
+        for _ in range(3):
+            fn()
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    return {name: min(t) for name, t in times.items()}
+
+
+def bare_step_fn(trainer):
+    """The minimum a training step needs, on one fixed batch already in memory."""
+    model, optimizer = trainer.raw_model, trainer.optimizer
+    x, y = trainer.loader.next_batch()
+
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def trainer_step_fn(trainer):
+    from scalegpt.metrics import Progress
+
+    progress = Progress(trainer, 10**9)
+
+    def step():
+        loss, norm, lr = trainer.train_step()
+        progress.after_step(loss, norm, lr)
+
+    return step
+
+
+def nanogpt_step_fn(trainer, data_dir: Path):
+    """nanoGPT train.py's CPU path on the same model shape: random windows from a memmap, foreach AdamW,
+    loss.item() every iteration (log_interval=1 in its CPU command)."""
+    from scalegpt.model import GPT
+
+    model = GPT(trainer.model_config)
+    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))  # nanoGPT: fused only on CUDA
+    data = np.load(next(Path(data_dir).glob("train_*.npy")), mmap_mode="r")
+    B, T = trainer.config.train.micro_batch_size, trainer.seq_len
+
+    def get_batch():
+        ix = torch.randint(len(data) - T, (B,))
+        x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+        return x, y
+
+    state = {"batch": get_batch()}
+
+    def step():
+        x, y = state["batch"]
+        _, loss = model(x, y)
+        state["batch"] = get_batch()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    return step
+
+
+def bench_overhead(data: Path, tmp: Path, steps: int, rounds: int) -> list[tuple[str, str, str]]:
+    trainer = trainer_for(ROOT / "configs" / "shakespeare-char.toml", data, tmp / "overhead")
+    ms = interleaved({"bare": bare_step_fn(trainer), "trainer": trainer_step_fn(trainer)}, steps, rounds)
+    overhead = ms["trainer"] / ms["bare"] - 1
+    return [("trainer overhead vs bare fwd/bwd/step loop (shakespeare-char shape)",
+             f"{ms['trainer']:.1f} vs {ms['bare']:.1f} ms/step = {overhead:+.1%}", "<= +5%")]
+
+
+def bench_shakespeare(data: Path, tmp: Path, steps: int, rounds: int, compile_too: bool) -> list[tuple[str, str, str]]:
+    trainer = trainer_for(ROOT / "configs" / "shakespeare-char.toml", data, tmp / "speed")
+    variants = {"scalegpt": trainer_step_fn(trainer), "nanogpt-style": nanogpt_step_fn(trainer, data)}
+    compile_s = None
+    if compile_too:
+        compiled = trainer_for(ROOT / "configs" / "shakespeare-char.toml", data, tmp / "compiled",
+                               [("train.compile", "true")])
+        start = time.perf_counter()
+        compiled.train_step()  # the first call compiles
+        compile_s = time.perf_counter() - start
+        variants["compiled"] = trainer_step_fn(compiled)
+    ms = interleaved(variants, steps, rounds)
+    tokens = trainer.tokens_per_step
+    ours = tokens / ms["scalegpt"] * 1000
+    return [
+        ("shakespeare-char ms/step, tokens/s (scalegpt trainer)", f"{ms['scalegpt']:.1f} ms, {ours:,.0f} tok/s", ""),
+        ("  vs nanoGPT's 47.7 ms/iter on this machine class", f"{NANOGPT_MS_PER_ITER / ms['scalegpt']:.2f}x",
+         ">= 1.25x"),
+        ("  vs a nanoGPT-style loop timed alongside", f"{ms['nanogpt-style']:.1f} ms -> "
+                                                      f"{ms['nanogpt-style'] / ms['scalegpt']:.2f}x", ">= 1.25x"),
+    ] + ([(f"  with --train.compile true (compiling took {compile_s:.0f} s)",
+           f"{ms['compiled']:.1f} ms -> {ms['nanogpt-style'] / ms['compiled']:.2f}x vs nanoGPT-style", "")]
+         if compile_s is not None else [])
+
+
+def bench_gpt2(data: Path, tmp: Path, steps: int) -> list[tuple[str, str, str]]:
+    from scalegpt.metrics import measure_matmul_peak
+
+    overrides = [("train.max_steps", "100"), ("train.micro_batch_size", "1"), ("train.global_batch_tokens", "1024"),
+                 ("eval.interval", "0"), ("eval.at_start", "false"), ("train.precision", "fp32")]
+    trainer = trainer_for(ROOT / "configs" / "gpt2-124m.toml", data, tmp / "gpt2", overrides)
+    trainer.train_step()  # warm-up (allocations, optimizer state)
+    times, peaks = [], []
+    for _ in range(steps):  # peak and step measured alternately, so both see the same machine load
+        peaks.append(measure_matmul_peak(torch.device("cpu"), size=2048, seconds=1.0))
+        start = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+    step_s, peak = min(times), max(peaks)
+    achieved = trainer.flops_per_step / step_s
+    return [("GPT-2 124M fp32 1x1024: s/step", f"{step_s:.2f} s ({achieved / 1e9:.0f} GFLOP/s)", "nanoGPT 7.5 s"),
+            ("  share of the measured fp32 matmul peak", f"{achieved / peak:.1%} of {peak / 1e9:.0f} GFLOP/s",
+             ">= 80% (nanoGPT 74%)")]
+
+
+def bench_full(data: Path, tmp: Path) -> list[tuple[str, str, str]]:
+    trainer = trainer_for(ROOT / "configs" / "shakespeare-char.toml", data, tmp / "full",
+                          [("checkpoint.interval", "0"), ("eval.samples", "0")])
+    start = time.time()
+    result = trainer.fit()
+    return [("shakespeare-char 2000 steps: val loss at step 2000", f"{result.val_loss:.4f}", "<= 1.89 (nanoGPT 1.8857)"),
+            ("  wall time of the whole run (8 evaluations included)", f"{time.time() - start:.0f} s", "")]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["overhead", "shakespeare", "gpt2", "full"], action="append")
+    parser.add_argument("--full", action="store_true", help="also run the 2000-step shakespeare-char training")
+    parser.add_argument("--compile", action="store_true", help="also time shakespeare-char with torch.compile")
+    parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--gpt2-steps", type=int, default=3)
+    parser.add_argument("--shakespeare", type=Path, default=SHAKESPEARE, help="path of tinyshakespeare.txt")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice, one per core). On a shared, oversubscribed "
+                             "machine 1 thread avoids OpenMP barrier stalls that make 2 threads several times slower")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "scalegpt-bench")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = args.only or ["overhead", "shakespeare", "gpt2"] + (["full"] if args.full else [])
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; parts: {', '.join(parts)}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        char_data = prepared(args.shakespeare, "char", args.cache)
+        for part in parts:
+            if part == "overhead":
+                rows += bench_overhead(char_data, tmp, args.steps, args.rounds)
+            elif part == "shakespeare":
+                rows += bench_shakespeare(char_data, tmp, args.steps, args.rounds, args.compile)
+            elif part == "gpt2":
+                rows += bench_gpt2(prepared(args.shakespeare, "gpt2", args.cache), tmp, args.gpt2_steps)
+            elif part == "full":
+                rows += bench_full(char_data, tmp)
+            print(f"  {part}: done", file=sys.stderr, flush=True)
+    print("\n| measurement | result | target |\n| --- | --- | --- |")
+    for name, result, target in rows:
+        print(f"| {name} | {result} | {target} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""scalegpt plot RUN_DIR... [--out PNG] [--smoothing W]"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plot", help="draw train/val loss against steps and tokens for one or several runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with a log.txt)")
+    p.add_argument("--out", default=None, help="image path (default: RUN_DIR/loss.png for one run, loss.png for several)")
+    p.add_argument("--smoothing", type=float, default=None,
+                   help="EMA weight in [0, 1) for the train curve (default: 0.9 for long runs, none for short ones)")
+    p.set_defaults(func=run_plot)
+
+
+def run_plot(args) -> int:
+    from pathlib import Path
+
+    from scalegpt.errors import ScalegptError
+    from scalegpt.plot import plot_runs
+
+    if args.smoothing is not None and not 0 <= args.smoothing < 1:
+        raise ScalegptError(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    out = args.out or (Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else Path("loss.png"))
+    print(f"wrote {plot_runs(args.runs, out, args.smoothing)}")
+    return 0

@@ -1,0 +1,151 @@
+"""scalegpt quickstart [--recipe stdlib|shakespeare] [--input FILE_OR_DIR...] [--out RUN_DIR] [--max-steps N]
+
+The whole path in one command, offline, on CPU: prepare a corpus (by default the Python standard library's own source
+files, present wherever Python is), train configs/quickstart.toml, sample, and say where everything is."""
+from __future__ import annotations
+
+import shlex
+import sysconfig
+import time
+from pathlib import Path
+
+STDLIB_MAX_BYTES = 4_000_000  # the top-level stdlib modules, sorted by name, up to this size: a few minutes of data
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.toml"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quickstart", help="prepare, train and sample a small GPT on CPU in a few minutes (offline)")
+    p.add_argument("--recipe", choices=["stdlib", "shakespeare"], default="stdlib",
+                   help="stdlib: the Python standard library's *.py files (default); shakespeare: Tiny Shakespeare "
+                        "(give --input PATH/tinyshakespeare.txt when offline)")
+    p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_DIR",
+                   help="train on these text files or folders instead")
+    p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    p.add_argument("--data-dir", default=None, help="where the prepared tokens go (default data/quickstart-NAME)")
+    p.add_argument("--tokenizer", default="char", help="char (default: fast and readable on CPU), gpt2, or a path")
+    p.add_argument("--max-steps", type=int, default=None, help="train for fewer (or more) steps than the preset")
+    p.add_argument("--device", default=None, help="cpu (default in the preset), cuda, mps")
+    p.add_argument("--sample-tokens", type=int, default=400, help="length of the final sample")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any preset value, e.g. --set model.n_layer=6 (repeatable; see scalegpt train --help)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (and stale data)")
+    p.set_defaults(func=run_quickstart)
+
+
+def stdlib_files(max_bytes: int = STDLIB_MAX_BYTES) -> list[Path]:
+    """The standard library's top-level modules in name order, stopping before max_bytes (deterministic per Python)."""
+    from scalegpt.errors import ScalegptError
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chosen, total = [], 0
+    for path in sorted(root.glob("*.py")):
+        size = path.stat().st_size
+        if total + size > max_bytes:
+            continue
+        chosen.append(path)
+        total += size
+    if not chosen:
+        raise ScalegptError(f"no *.py files found in the standard library folder {root}; use --input FILES")
+    return chosen
+
+
+def choose_inputs(args) -> tuple[list[str], str, str]:
+    """(input paths, dataset name, sampling prompt)."""
+    from scalegpt.errors import ScalegptError
+
+    if args.input:
+        return [str(p) for p in args.input], "custom", "\n"
+    if args.recipe == "shakespeare":
+        import os
+
+        # the same cache `scalegpt prepare --recipe shakespeare` uses
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalegpt" / "tinyshakespeare.txt"
+        if not cache.is_file():
+            from scalegpt.sources import download_shakespeare
+
+            try:
+                download_shakespeare(cache)
+            except Exception as e:
+                raise ScalegptError(f"cannot download Tiny Shakespeare ({e}); pass --input PATH/tinyshakespeare.txt")
+        return [str(cache)], "shakespeare", "\n"
+    return [str(p) for p in stdlib_files()], "stdlib", "def "
+
+
+def prepare_data(inputs: list[str], data_dir: Path, tokenizer: str, overwrite: bool) -> None:
+    """Prepare once; a later quickstart on the same files reuses the tokens."""
+    import json
+
+    from scalegpt.errors import ScalegptError
+    from scalegpt.prepare import prepare
+
+    meta_path = data_dir / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        from scalegpt.sources import discover
+
+        # the same files with the same sizes (folders expanded as prepare expands them)
+        wanted = sorted((str(f.path.resolve()), f.size) for f in discover(inputs))
+        have = sorted((str(Path(i["path"]).resolve()), i.get("bytes")) for i in meta.get("inputs", []))
+        same_files = wanted == have
+        if same_files and (meta.get("tokenizer", {}).get("kind") == tokenizer or tokenizer not in ("char", "gpt2")):
+            print(f"data: reusing {data_dir} ({meta['splits']['train']['num_tokens']:,} training tokens)")
+            return
+        if not overwrite:
+            raise ScalegptError(f"{data_dir} holds tokens of other files; pass --overwrite or --data-dir DIR")
+    start = time.time()
+    meta = prepare(inputs, out=str(data_dir), tokenizer=tokenizer, overwrite=overwrite, progress=False,
+                   command=["scalegpt", "quickstart"])
+    s = meta["splits"]
+    print(f"data: prepared {len(inputs)} input(s) into {data_dir} in {time.time() - start:.1f} s: "
+          f"{s['train']['num_tokens']:,} training and {s['val']['num_tokens']:,} validation tokens, "
+          f"{meta['tokenizer']['kind']} vocabulary of {meta['vocab_size']}")
+
+
+def run_quickstart(args) -> int:
+    from scalegpt.config import load_config
+    from scalegpt.errors import ScalegptError
+    from scalegpt.generate import generate
+    from scalegpt.train import Trainer, exit_code
+
+    if not QUICKSTART_CONFIG.is_file():
+        raise ScalegptError(f"{QUICKSTART_CONFIG}: preset not found (quickstart runs from a source checkout: "
+                            "pip install -e .)")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ScalegptError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.sample_tokens < 1:
+        raise ScalegptError(f"--sample-tokens must be >= 1, got {args.sample_tokens}")
+    started = time.time()
+    from scalegpt.train import prepare_run_dir
+
+    prepare_run_dir(Path(args.out), resume=False, overwrite=False) if not args.overwrite else None  # fail early
+    inputs, name, prompt = choose_inputs(args)
+    data_dir = Path(args.data_dir or Path("data") / f"quickstart-{name}")
+    overrides = [("data.dir", str(data_dir)), ("eval.prompt", prompt)]
+    if args.max_steps is not None:
+        overrides.append(("train.max_steps", str(args.max_steps)))
+    if args.device is not None:
+        overrides.append(("train.device", args.device))
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ScalegptError(f"--set {item}: expected SECTION.KEY=VALUE")
+        overrides.append((key.strip(), value))
+    config = load_config(QUICKSTART_CONFIG, overrides)  # every bad value fails here, before any work
+    prepare_data(inputs, data_dir, args.tokenizer, args.overwrite)
+    trainer = Trainer(config, args.out, overwrite=args.overwrite)
+    result = trainer.fit()
+    if result.stopped_by is not None:
+        return exit_code(result)
+    sample = generate(trainer.raw_model, trainer.tokenizer, prompt, max_new_tokens=args.sample_tokens, temperature=0.8,
+                      seed=config.train.seed, device=trainer.device)[0]
+    run = Path(args.out)
+    print("\n" + "=" * 72)
+    print(f"quickstart done in {time.time() - started:.0f} s: {result.step} steps, "
+          f"val loss {result.val_loss:.4f}" if result.val_loss is not None else f"{result.step} steps")
+    print(f"  checkpoint: {result.checkpoint}")
+    print(f"  log:        {run / 'log.txt'}")
+    print(f"  plot:       {run / 'loss.png'}")
+    prompt_arg = f" --prompt {shlex.quote(prompt)}" if prompt.strip() else ""
+    print(f"  sample it:  scalegpt sample --checkpoint {run}{prompt_arg}")
+    print("-" * 72 + f"\n{prompt}{sample}\n" + "=" * 72)
+    return exit_code(result)

@@ -1,0 +1,120 @@
+"""scalegpt train --config configs/X.toml [--section.key VALUE ...] [--out RUN_DIR] [--resume | --overwrite] [--device D]
+
+Every config field is also a command-line option (`--optim.lr 3e-4`); `scalegpt train --help` lists them all with
+their docs, read from scalegpt/config.py."""
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+DEST_PREFIX = "config:"
+
+
+def register(sub) -> None:
+    from scalegpt.config import CHOICES, fields_table
+
+    p = sub.add_parser(
+        "train", help="train a GPT from a config (single device, or under torchrun)", allow_abbrev=False,
+        usage="scalegpt train [--config FILE] [--section.key VALUE ...] [--out RUN_DIR] [--resume | --overwrite]",
+        description="Train a GPT. Values come from the defaults, then --config, then --section.key options.",
+        epilog="examples:\n  scalegpt train --config configs/shakespeare-char.toml --data.dir data/shakespeare-char "
+               "--out runs/shakespeare\n  scalegpt train --out runs/shakespeare --resume\n"
+               "  torchrun --standalone --nproc_per_node=8 -m scalegpt train --config configs/gpt2-124m.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a TOML file ([model], [train], ... sections); see configs/")
+    p.add_argument("--out", help="the run directory (default: runs/<config name>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --out from its latest checkpoint (start it if it has none)")
+    mode.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start again")
+    p.add_argument("--device", help="shorthand for --train.device (cpu, cuda, cuda:N, mps)")
+    groups = {}
+    for f in fields_table():
+        if f.section not in groups:
+            groups[f.section] = p.add_argument_group(f"[{f.section}]")
+        choices = CHOICES.get(f.key)
+        metavar = "|".join(choices) if choices else f.type.__name__.upper()
+        default = repr(f.default) if isinstance(f.default, str) else f.default
+        groups[f.section].add_argument(f"--{f.key}", dest=DEST_PREFIX + f.key, metavar=metavar,
+                                       default=argparse.SUPPRESS, help=f"{f.doc} (default {default})")
+    p.set_defaults(func=run_train)
+    _suggest_on_unknown(p)
+
+
+def _suggest_on_unknown(parser: argparse.ArgumentParser) -> None:
+    """A misspelt option becomes a one-line ScalegptError naming the closest valid option (argparse alone prints the
+    whole usage and only says 'unrecognized'). The error is raised when the command runs, like every other one."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = original(args, namespace)
+        if extras:
+            message = _unknown_message(parser, extras)
+
+            def fail(_args):
+                from scalegpt.errors import ScalegptError
+
+                raise ScalegptError(message)
+
+            namespace.func = fail
+        return namespace, []
+
+    parser.parse_known_args = parse_known_args
+
+
+def _unknown_message(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    unknown = [a for a in extras if a.startswith("-")]
+    if not unknown:
+        return f"unexpected argument {extras[0]!r}; options look like --section.key VALUE"
+    name = unknown[0].split("=", 1)[0]
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    from scalegpt.config import KNOWN_ALIASES
+
+    alias = KNOWN_ALIASES.get(name.lstrip("-").split(".")[-1])
+    if alias is not None:
+        return f"unknown option {name}; did you mean --{alias.lstrip('-')}?"
+    # The right key in the wrong section ("--lr") first, then spelling.
+    close = [o for o in options if "." in o and o.split(".")[-1] == name.lstrip("-").split(".")[-1]][:1]
+    close = close or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; see scalegpt train --help for every option"
+    return f"unknown option {name}{hint}"
+
+
+def config_overrides(args) -> list[tuple[str, str]]:
+    overrides = [(k[len(DEST_PREFIX):], v) for k, v in vars(args).items() if k.startswith(DEST_PREFIX)]
+    if args.device:
+        overrides.append(("train.device", args.device))
+    return overrides
+
+
+def run_train(args) -> int:
+    from scalegpt.config import load_config
+    from scalegpt.errors import ScalegptError
+    from scalegpt.train import Trainer, exit_code
+
+    config_path = args.config
+    if args.out is None:
+        if config_path is None:
+            raise ScalegptError("pass --out RUN_DIR (or --config FILE, whose name then names runs/<name>)")
+        args.out = str(Path("runs") / Path(config_path).stem)
+    run_dir = Path(args.out)
+    if config_path is None and args.resume and (run_dir / "config.toml").is_file():
+        config_path = run_dir / "config.toml"  # resuming with no --config: the run's own resolved config
+    config = load_config(config_path, config_overrides(args))
+    trainer = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite)
+    result = trainer.fit()
+    if trainer.strategy.is_main:
+        print_summary(result)
+    trainer.strategy.teardown()
+    return exit_code(result)
+
+
+def print_summary(result) -> None:
+    run = result.run_dir
+    print(f"run directory: {run}")
+    if result.checkpoint is not None:
+        print(f"  checkpoint: {result.checkpoint}  (scalegpt sample --checkpoint {run})")
+    print(f"  log:        {run / 'log.txt'}  (metrics: {run / 'metrics.jsonl'})")
+    if (run / "loss.png").is_file():
+        print(f"  plot:       {run / 'loss.png'}")

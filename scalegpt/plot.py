@@ -1,0 +1,81 @@
+"""loss.png: train and validation loss against steps and against tokens, for one run or several side by side.
+
+    scalegpt plot runs/a runs/b --out compare.png
+
+Reads each run's log.txt; tokens per step come from the run's resolved config.toml (global_batch_tokens).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from scalegpt.errors import ScalegptError
+from scalegpt.metrics import LOG_FILE, read_log
+
+
+def tokens_per_step(run_dir: Path) -> int | None:
+    from scalegpt.config import load_toml
+
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        return None
+    return load_toml(path).get("train", {}).get("global_batch_tokens")
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average with bias correction (as TensorBoard draws it), so the first points are not
+    pulled towards 0."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
+    """Draw loss.png for the given run directories and return its path (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed, and never steal focus from a terminal
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for run in map(Path, run_dirs):
+        log = run / LOG_FILE
+        if not log.is_file():
+            raise ScalegptError(f"{log}: not found; is {run} a scalegpt run directory?")
+        runs.append((run, read_log(log), tokens_per_step(run)))
+    fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (run, series, per_step) in enumerate(runs):
+        color = colors[i % len(colors)]
+        label = run.name if len(runs) > 1 else ""
+        for kind, style in (("train", dict(alpha=0.9, lw=1)), ("val", dict(marker="o", ms=3, lw=1.5, ls="--"))):
+            points = series.get(kind, [])
+            if not points:
+                continue
+            steps = [s for s, _ in points]
+            values = [v for _, v in points]
+            if kind == "train":
+                weight = smoothing if smoothing is not None else (0.9 if len(points) > 200 else 0.0)
+                values = smooth(values, weight) if weight else values
+            name = f"{label} {kind}".strip()
+            by_step.plot(steps, values, color=color, label=name, **style)
+            if per_step:
+                by_tokens.plot([s * per_step for s in steps], values, color=color, label=name, **style)
+    by_step.set_xlabel("step")
+    by_tokens.set_xlabel("tokens")
+    for ax in (by_step, by_tokens):
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    if not by_tokens.lines:
+        by_tokens.set_title("tokens per step unknown (no config.toml)")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_path)  # a viewer never sees a half-written image
+    return out_path

@@ -1,0 +1,427 @@
+"""The training loop: `Trainer(config, run_dir).fit()`.
+
+One step = `accum_steps` micro-steps of forward/backward (gradient sync only on the last one), unscale (fp16), clip,
+the guard's verdict, then the optimizer update with the step's learning rate. Everything that changes under
+multi-process training goes through a `Strategy` (process group, wrapping, no_sync, clipping, reductions, checkpoint
+I/O); the default is one process on one device, and scalegpt.distributed supplies the DDP/FSDP one.
+
+Steps are counted as updates done: step 1 is the first update, `checkpoints/step_000500` holds the state after 500,
+and the evaluation logged at step s sees the weights after s updates (step 0: before any).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scalegpt import config as cfg_mod
+from scalegpt.config import Config
+from scalegpt.errors import ScalegptError
+from scalegpt.metrics import Progress, RunLog, peak_flops
+from scalegpt.model import GPT, GPTConfig
+from scalegpt.optim import build_optimizer, lr_at, set_lr
+from scalegpt.runtime import autocast_context, pick_device, pick_precision, seed_everything
+from scalegpt.strategy import Strategy, make_strategy
+from scalegpt import train_state
+
+RUN_MARKERS = ("config.toml", "log.txt", "metrics.jsonl", "checkpoints")  # what makes a directory a run directory
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # updates done when fit() returned
+    checkpoint: Path | None  # the latest checkpoint written (None when none was)
+    val_loss: float | None  # the latest validation loss
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check what may happen to `run_dir`; returns the checkpoint to resume from (None: start fresh).
+
+    An existing run directory is never touched unless --resume (continue it) or --overwrite (delete it) says so."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ScalegptError("--resume and --overwrite contradict each other; pass one")
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return None
+    if not run_dir.is_dir():
+        raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
+    if resume:
+        return train_state.latest_checkpoint(run_dir)
+    if overwrite:
+        if not any((run_dir / m).exists() for m in RUN_MARKERS):
+            raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")
+        shutil.rmtree(run_dir)
+        return None
+    raise ScalegptError(f"--out {run_dir}: run directory exists; pass --resume to continue it or --overwrite to "
+                        "delete it and start again")
+
+
+class Trainer:
+    """Builds data, model, optimizer and logs from a Config, then `fit()` trains.
+
+    Attributes worth knowing when extending it: `raw_model` (the plain GPT, for evaluation, sampling and saving),
+    `model` (what trains: maybe compiled, maybe wrapped), `optimizer`, `scaler` (fp16 only), `loader`, `guard`,
+    `strategy`, `step` (updates done), `accum_steps`, `tokens_per_step`."""
+
+    def __init__(self, config: Config, run_dir, resume: bool = False, overwrite: bool = False,
+                 strategy: Strategy | None = None, echo=print):
+        cfg_mod.validate(config)
+        self.config, self.run_dir, self.echo = config, Path(run_dir), echo
+        self.strategy = strategy if strategy is not None else make_strategy(config.dist)
+        if getattr(self.strategy, "restart_count", 0) > 0:  # torchrun --max-restarts brought the job back: continue it
+            resume, overwrite = True, False
+        self.stop_signal: str | None = None
+        resume_from = prepare_run_dir(self.run_dir, resume, overwrite) if self.strategy.is_main else None
+        resume_from = self.strategy.broadcast_object(resume_from)
+        self._build(resume_from)
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    def _build(self, resume_from: Path | None) -> None:
+        c = self.config
+        device, device_reason = pick_device(c.train.device, self.strategy.local_rank)
+        self.device = self.strategy.setup(device)
+        self.precision, precision_reason = pick_precision(c.train.precision, self.device)
+        self.strategy.precision = self.precision  # FSDP's mixed-precision policy follows it
+        self.say(f"device: {self.device} ({device_reason}); precision: {self.precision} ({precision_reason})")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = c.train.tf32
+            torch.backends.cudnn.allow_tf32 = c.train.tf32
+        seed_everything(c.train.seed + self.strategy.rank)
+        self.autocast = autocast_context(self.device, self.precision)
+
+        self._build_data()
+        self._build_model()
+        self._build_optimizer()
+        self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        elif self.strategy.is_main and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            self.say(f"{self.run_dir} has no checkpoint yet: starting from step 0")
+        self.resumed = resume_from is not None
+        self.run_log = None
+        if self.strategy.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(cfg_mod.to_toml(c), encoding="utf-8")
+            self.run_log = RunLog(self.run_dir, c.log.tensorboard, resume_step=self.step if self.resumed else -1)
+        self.peak_flops, peak_source = peak_flops(self.device, self.precision, c.train.tf32)
+        self.flops_per_step = self.raw_model.flops_per_token(self.seq_len) * self.tokens_per_step
+        self.say(f"MFU baseline: {self.peak_flops / 1e12:.2f} TFLOP/s ({peak_source})")
+
+    def _build_data(self) -> None:
+        from scalegpt.data import DataLoader, open_dataset
+        from scalegpt.tokenizer import tokenizer_from_spec
+
+        c = self.config
+        if not c.data.dir:
+            raise ScalegptError("data.dir is not set: pass --data.dir DIR (a directory written by `scalegpt prepare`)")
+        self.train_data = open_dataset(c.data.dir, split=c.data.train_split)
+        self.tokenizer_spec = self.train_data.tokenizer_spec
+        self.tokenizer = tokenizer_from_spec(self.tokenizer_spec)
+        self.seq_len = cfg_mod.seq_len(c)
+        world = self.strategy.world_size
+        tokens_per_micro_step = c.train.micro_batch_size * self.seq_len * world
+        if c.train.global_batch_tokens % tokens_per_micro_step:
+            raise ScalegptError(
+                f"train.global_batch_tokens ({c.train.global_batch_tokens}) must be a multiple of micro_batch_size x "
+                f"seq_len x world_size = {c.train.micro_batch_size} x {self.seq_len} x {world} = {tokens_per_micro_step}"
+            )
+        self.accum_steps = c.train.global_batch_tokens // tokens_per_micro_step
+        self.tokens_per_step = c.train.global_batch_tokens
+        self.loader = DataLoader(self.train_data, seq_len=self.seq_len,
+                                 global_batch_size=c.train.global_batch_tokens // self.seq_len,
+                                 micro_batch_size=c.train.micro_batch_size, rank=self.strategy.rank,
+                                 world_size=world, seed=c.train.seed, shuffle=c.data.shuffle, device=self.device)
+        self.val_data = None
+        if c.eval.interval or c.eval.at_start:
+            splits = self.train_data.meta.get("splits", {})
+            if splits.get(c.data.val_split, {}).get("num_tokens", 0) > 0:
+                self.val_data = open_dataset(c.data.dir, split=c.data.val_split)
+            else:
+                self.say(f"no '{c.data.val_split}' split in {c.data.dir}: validation loss is off")
+        self.hellaswag = None
+        if c.eval.hellaswag:
+            from scalegpt.evaluate import load_hellaswag
+
+            self.hellaswag = load_hellaswag(c.eval.hellaswag, limit=c.eval.hellaswag_examples or None)
+        self.say(f"data: {self.train_data.num_tokens:,} training tokens in {c.data.dir}; "
+                 f"{self.tokens_per_step:,} tokens per step = {c.train.micro_batch_size} sequences x {self.seq_len} "
+                 f"tokens x {world} rank(s) x {self.accum_steps} accumulation step(s)")
+
+    def _build_model(self) -> None:
+        c = self.config
+        vocab = self.tokenizer_spec["vocab_size"]
+        if c.model.vocab_size and c.model.vocab_size < vocab:
+            raise ScalegptError(f"model.vocab_size ({c.model.vocab_size}) is smaller than the dataset's tokenizer "
+                                f"vocabulary ({vocab}); set it to 0 to take the tokenizer's")
+        self.model_config = GPTConfig(
+            block_size=c.model.block_size, vocab_size=c.model.vocab_size or vocab, n_layer=c.model.n_layer,
+            n_head=c.model.n_head, n_embd=c.model.n_embd, dropout=c.model.dropout, bias=c.model.bias,
+            pad_vocab_multiple=c.model.pad_vocab_multiple)
+        self.raw_model = GPT(self.model_config).to(self.device)
+        self.model = self.strategy.wrap_model(self.raw_model)
+        self.say(f"model: {self.raw_model.num_params():,} parameters ({c.model.n_layer} layers, {c.model.n_head} heads, "
+                 f"{c.model.n_embd} wide, block {c.model.block_size}, vocab {self.model_config.vocab_size})")
+        use_compile = c.train.compile == "true" or (c.train.compile == "auto" and self.device.type == "cuda")
+        if use_compile:
+            # Only the training path is compiled: evaluation and sampling use raw_model, whose variable shapes
+            # would otherwise trigger recompiles (and `_orig_mod.` never reaches a checkpoint).
+            self.model = torch.compile(self.model)
+        self.say(f"torch.compile: {'on' if use_compile else 'off'}")
+
+    def _build_optimizer(self) -> None:
+        c = self.config
+        self.optimizer, info = build_optimizer(self.raw_model, c.optim.lr, c.optim.weight_decay,
+                                               (c.optim.beta1, c.optim.beta2), c.optim.eps, self.device.type,
+                                               c.optim.fused)
+        self.say(info)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        from scalegpt.guard import StepGuard
+
+        self.guard = StepGuard(c.guard, grad_scaler=self.scaler is not None)
+
+    def say(self, message: str) -> None:
+        if not self.strategy.is_main:
+            return
+        progress = getattr(self, "progress", None)
+        progress.write(message) if progress is not None else self.echo(message)
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def lr(self, step_index: int) -> float:
+        """Learning rate of the update made after `step_index` updates."""
+        s, c = self.config.schedule, self.config
+        return lr_at(step_index, s.kind, c.optim.lr, s.min_lr_ratio, s.warmup_steps,
+                     s.decay_steps or c.train.max_steps, s.wsd_decay_fraction)
+
+    def state_dict(self) -> dict:
+        """Everything but the weights that the next step depends on (weights_only-loadable)."""
+        return {
+            "step": self.step, "tokens_seen": self.tokens_seen,
+            "optimizer": self.strategy.optimizer_state_dict(self.model, self.optimizer),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loader": self.loader.state_dict(), "guard": self.guard.state_dict(), "rng": train_state.rng_state(),
+            "val_loss": self.val_loss,
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = self.strategy.save_checkpoint(self, self.step)
+        self.last_checkpoint = path
+        self.guard.last_checkpoint = str(path)
+        self.say(f"saved checkpoint {path}")
+        return path
+
+    def load_checkpoint(self, directory: Path) -> None:
+        if (Path(directory) / "dcp").is_dir() and self.strategy.world_size == 1:  # sharded by an FSDP run
+            from scalegpt.distributed import load_training_checkpoint
+
+            state = load_training_checkpoint(self.strategy, self, Path(directory))
+        else:
+            state = self.strategy.load_checkpoint(self, Path(directory))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"]) if "optimizer" in state else None
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.loader.load_state_dict(state["loader"])
+            self.guard.load_state_dict(state["guard"])
+            train_state.set_rng_state(state["rng"])
+            self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+            self.val_loss = state.get("val_loss")
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise ScalegptError(f"{directory}: training state does not fit this run ({str(e).splitlines()[0]})") from None
+        self.guard.last_checkpoint = str(directory)  # an abort before the next save points here
+        self.say(f"resumed from {directory} at step {self.step}")
+
+    # ------------------------------------------------------------------------------------------------ the loop
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer update; returns (mean loss, grad norm) as device tensors (no host sync) and the lr."""
+        model, optimizer, scaler = self.model, self.optimizer, self.scaler
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum_steps):
+            x, y = self.loader.next_batch()
+            last = micro == self.accum_steps - 1
+            with contextlib.nullcontext() if last else self.strategy.no_sync(model):
+                with self.autocast:
+                    _, loss = model(x, y)
+                loss = loss / self.accum_steps  # the sum over micro-steps is the mean over the global batch
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_sum += loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        grad_clip = self.config.optim.grad_clip
+        norm = self.strategy.clip_grad_norm(model, grad_clip if grad_clip > 0 else math.inf)
+        lr = self.lr(self.step)
+        set_lr(optimizer, lr)
+        apply = True
+        if self.guard.enabled:  # the one host sync per step, paid only with a guard on
+            loss_all = self.strategy.reduce_mean(loss_sum)
+            apply = self.guard.should_step(loss_all.item(), norm.item(), step=self.step + 1)
+            if not apply:
+                self._log_skip(self.step + 1)
+        if apply:
+            scaler.step(optimizer) if scaler is not None else optimizer.step()
+        if scaler is not None:
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return loss_sum, norm, lr
+
+    def _log_skip(self, step: int) -> None:
+        """A skipped update is rare and worth finding later: console, log.txt (`{step} skip {total}`), metrics.jsonl."""
+        g = self.guard
+        self.say(f"step {step}: skipped ({g.last_reason}); {g.skipped_total} skipped so far, "
+                 f"{g.consecutive_skips} in a row (abort at {g.config.max_consecutive_skips or 'never'})")
+        if self.run_log is not None:
+            self.run_log.line(step, "skip", g.skipped_total)
+            self.run_log.record(step, "skip", reason=g.last_reason, **g.stats())
+
+    def fit(self) -> TrainResult:
+        c = self.config
+        max_steps = c.train.max_steps
+        handlers = self._install_signal_handlers()
+        self.progress = progress = Progress(self, max_steps)
+        try:
+            if self.step >= max_steps:
+                self.say(f"already at step {self.step} of {max_steps}: nothing to train")
+            if not self.resumed and c.eval.at_start and self.step == 0:
+                with self._paused():
+                    self.evaluate()
+            self.model.train()
+            while self.step < max_steps and self.stop_signal is None:
+                loss, norm, lr = self.train_step()
+                if self.strategy.world_size > 1:  # a signal may reach ranks a step apart: all stop (and save) together
+                    from scalegpt.distributed import any_rank
+
+                    if any_rank(self.stop_signal is not None):
+                        self.stop_signal = self.stop_signal or "SIGTERM"
+                progress.after_step(loss, norm, lr)
+                last = self.step == max_steps
+                if c.eval.interval and (self.step % c.eval.interval == 0 or last):
+                    with self._paused():
+                        self.evaluate()
+                interval = c.checkpoint.interval
+                if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
+                    with self._paused():
+                        self.save_checkpoint()
+            progress.close()
+            if self.stop_signal:
+                self.say(f"stopped by {self.stop_signal} at step {self.step}; continue with --resume")
+        finally:
+            self._restore_signal_handlers(handlers)
+            if self.run_log is not None:
+                self.run_log.close()
+            self.progress = None
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, self.val_loss, self.stop_signal)
+
+    @contextlib.contextmanager
+    def _paused(self):
+        """Flush pending train losses first (log order) and keep evaluation time out of the throughput figures."""
+        self.progress.flush()
+        start = time.perf_counter()
+        yield
+        self.progress.exclude(time.perf_counter() - start)
+
+    def evaluate(self) -> None:
+        """Validation loss on the fixed token budget, HellaSwag when configured, samples; logged at self.step.
+
+        Always through raw_model (never the compiled or wrapped one), and inside fork_rng so that evaluating
+        leaves the training RNG streams exactly where they were (exact resume does not depend on eval settings)."""
+        from scalegpt.evaluate import evaluate_hellaswag, evaluate_loss
+        from scalegpt.data import eval_batches
+
+        c, step = self.config, self.step
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self.val_data is not None:
+                batches = eval_batches(self.val_data, batch_size=c.eval.batch_size or c.train.micro_batch_size,
+                                       seq_len=self.seq_len, max_tokens=c.eval.tokens, rank=self.strategy.rank,
+                                       world_size=self.strategy.world_size, device=self.device)
+                result = evaluate_loss(self.raw_model, batches, self.device, autocast=self.autocast)
+                self.val_loss = result["loss"]
+                self.say(f"step {step}: val loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
+                         f"{result['tokens']:,} tokens)")
+                if self.run_log is not None:
+                    self.run_log.line(step, "val", result["loss"])
+                    self.run_log.record(step, "val", loss=result["loss"], perplexity=result["perplexity"],
+                                        tokens=result["tokens"], tokens_seen=self.tokens_seen)
+            if self.hellaswag is not None:
+                result = evaluate_hellaswag(self.raw_model, self.tokenizer, self.hellaswag, self.device,
+                                            autocast=self.autocast, rank=self.strategy.rank,
+                                            world_size=self.strategy.world_size, progress=False)
+                self.say(f"step {step}: HellaSwag acc_norm {result['acc_norm']:.4f} (acc {result['acc']:.4f}, "
+                         f"{result['examples']} examples)")
+                if self.run_log is not None:
+                    self.run_log.line(step, "hella", result["acc_norm"])
+                    self.run_log.record(step, "hella", **result, tokens_seen=self.tokens_seen)
+            # Under FSDP every rank must run the forward passes (they all-gather the weights); only rank 0 prints.
+            if c.eval.samples and (self.strategy.is_main or getattr(self.strategy, "kind", None) == "fsdp"):
+                self._sample(step)
+        if self.run_log is not None:
+            self.run_log.flush()
+            if self.config.log.plot:
+                from scalegpt.plot import plot_runs
+
+                plot_runs([self.run_dir], self.run_dir / "loss.png")
+
+    def _sample(self, step: int) -> None:
+        from scalegpt.generate import generate
+
+        c = self.config
+        try:
+            texts = generate(self.raw_model, self.tokenizer, c.eval.prompt, max_new_tokens=c.eval.sample_tokens,
+                             num_samples=c.eval.samples, temperature=c.eval.temperature,
+                             top_k=min(c.eval.top_k, self.model_config.vocab_size) or None,
+                             seed=c.train.seed, device=self.device)
+        except ScalegptError as e:  # a prompt the tokenizer cannot encode must not end a long run
+            self.say(f"step {step}: sampling skipped ({e})")
+            return
+        self.samples = texts
+        for i, text in enumerate(texts):
+            self.say(f"step {step}: sample {i}: {c.eval.prompt + text!r}")
+        if self.run_log is not None:
+            self.run_log.record(step, "sample", prompt=c.eval.prompt, samples=texts)
+
+    # ------------------------------------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_signal(signum, frame):
+            name = signal.Signals(signum).name
+            if self.stop_signal is not None:  # a second signal: the user means it
+                raise KeyboardInterrupt
+            self.stop_signal = name
+            print(f"\n{name}: saving a checkpoint at the end of this step, then exiting "
+                  f"(send it again to exit at once)", file=sys.stderr, flush=True)
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in previous:
+            signal.signal(s, on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        if previous:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def exit_code(result: TrainResult) -> int:
+    """0 when training finished; 128 + the signal number when a signal stopped it (as a killed process would)."""
+    if result.stopped_by is None:
+        return 0
+    return 128 + int(getattr(signal, result.stopped_by))
+

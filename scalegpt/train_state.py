@@ -1,0 +1,118 @@
+"""Training checkpoints: a model directory plus everything needed to continue the run exactly.
+
+    RUN_DIR/checkpoints/step_000500/
+        model.safetensors   weights (the unwrapped module's names), readable by `scalegpt sample/export --checkpoint`
+        config.json         model config + tokenizer spec
+        train_state.pt      optimizer, step, GradScaler, data-loader position, RNG states, guard counters
+        train_config.toml   the resolved training config
+
+`train_state.pt` holds only tensors, numbers, strings, lists and dicts, so it is read with
+`torch.load(weights_only=True)`: a checkpoint from anywhere can never run code when it is loaded.
+Each checkpoint directory is written under a temporary name and renamed when complete, so a crash or a full disk
+mid-write leaves every earlier checkpoint as it was.
+"""
+from __future__ import annotations
+
+import pickle
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scalegpt.checkpoint import _step_number, is_model_dir, write_dir_atomically, write_model_files
+from scalegpt.errors import ScalegptError
+
+STATE_FILE = "train_state.pt"
+CONFIG_FILE = "train_config.toml"
+FORMAT_VERSION = 1
+
+
+def checkpoint_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete training checkpoints of a run, oldest first (half-written temporary directories are never listed)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if _step_number(p) >= 0 and (p / STATE_FILE).is_file() and is_model_dir(p)]
+    return sorted(found, key=_step_number)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+# ------------------------------------------------------------------------------------------------------ RNG
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU and every CUDA device) RNG states as tensors and ints only (weights_only-safe)."""
+    version, mt, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ------------------------------------------------------------------------------------------------------ save / load
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer_spec: dict | None, state: dict, config_toml: str,
+                    keep_last: int = 0) -> Path:
+    """Atomically write RUN_DIR/checkpoints/step_XXXXXX, then delete all but the `keep_last` newest (0 = keep all).
+
+    `model` is the unwrapped module; `state` is the trainer's state dict (optimizer, step, loader, ...)."""
+    final = checkpoint_dir(run_dir, step)
+    state = {"format_version": FORMAT_VERSION, **state}
+
+    def write_into(tmp: Path) -> None:
+        write_model_files(model, tmp, tokenizer_spec)
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / CONFIG_FILE).write_text(config_toml, encoding="utf-8")
+
+    write_dir_atomically(final, write_into)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(directory) -> dict:
+    """The trainer state of a checkpoint directory, read without ever unpickling code."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise ScalegptError(f"{path}: not found; {directory} is not a training checkpoint "
+                            "(a model-only directory can be sampled or exported, not resumed)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ScalegptError(f"{path}: refused to load ({str(e).splitlines()[0]}); "
+                            "training state may hold only tensors and plain data") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ScalegptError(f"{path}: cannot read training state ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise ScalegptError(f"{path}: unknown training-state format (expected format_version {FORMAT_VERSION})")
+    return state

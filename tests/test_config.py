@@ -1,0 +1,131 @@
+"""Config: TOML loading, --section.key overrides, type checks, unknown-key suggestions, help, presets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scalegpt.config import (Config, apply_overrides, config_from_dict, fields_table, help_text, load_config,
+                             parse_override_args, to_toml)
+from scalegpt.errors import ScalegptError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_then_file_then_overrides(tmp_path):
+    path = write(tmp_path, "[optim]\nlr = 1e-3\n[train]\nmax_steps = 10\n")
+    config = load_config(path, [("optim.lr", "3e-4"), ("train.seed", "7")])
+    assert config.optim.lr == 3e-4  # the command line wins over the file
+    assert config.train.max_steps == 10  # the file wins over the default
+    assert config.train.seed == 7
+    assert config.optim.beta1 == Config().optim.beta1
+
+
+def test_override_types_are_converted_and_checked():
+    config = apply_overrides(Config(), [("model.bias", "false"), ("eval.prompt", "Once"), ("optim.eps", "1")])
+    assert config.model.bias is False and config.eval.prompt == "Once" and config.optim.eps == 1.0
+    with pytest.raises(ScalegptError, match=r"--train.max_steps: expected int, got '1.5'"):
+        apply_overrides(Config(), [("train.max_steps", "1.5")])
+    with pytest.raises(ScalegptError, match="--model.bias: expected bool"):
+        apply_overrides(Config(), [("model.bias", "maybe")])
+
+
+def test_override_argument_spellings():
+    assert parse_override_args(["--optim.lr", "3e-4", "--train.seed=1"]) == [("optim.lr", "3e-4"), ("train.seed", "1")]
+    with pytest.raises(ScalegptError, match="--optim.lr needs a value"):
+        parse_override_args(["--optim.lr"])
+
+
+@pytest.mark.parametrize("key, suggestion", [("optim.lrr", "optim.lr"), ("train.max_step", "train.max_steps"),
+                                             ("lr", "optim.lr"), ("data.dirr", "data.dir")])
+def test_unknown_key_names_it_and_suggests_the_closest(key, suggestion):
+    with pytest.raises(ScalegptError) as e:
+        apply_overrides(Config(), [(key, "1")])
+    assert f"'{key}'" in str(e.value) and f"did you mean '{suggestion}'" in str(e.value)
+
+
+def test_toml_errors_name_file_and_key(tmp_path):
+    with pytest.raises(ScalegptError, match=r"'optim.learning_rate' in .*c.toml; did you mean 'optim.lr'"):
+        load_config(write(tmp_path, "[optim]\nlearning_rate = 1e-3\n"))
+    with pytest.raises(ScalegptError, match=r"c.toml: train.max_steps must be int, got str '10'"):
+        load_config(write(tmp_path, "[train]\nmax_steps = '10'\n"))
+    with pytest.raises(ScalegptError, match="train.max_steps must be int, got bool"):
+        load_config(write(tmp_path, "[train]\nmax_steps = true\n"))
+    with pytest.raises(ScalegptError, match="'trian'.*did you mean 'train"):
+        load_config(write(tmp_path, "[trian]\nmax_steps = 10\n"))
+    with pytest.raises(ScalegptError, match="not valid TOML"):
+        load_config(write(tmp_path, "[train\n"))
+    with pytest.raises(ScalegptError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+    assert load_config(write(tmp_path, "[optim]\nlr = 1\n")).optim.lr == 1.0  # an int is a fine float
+
+
+def test_choices_and_ranges_are_checked(tmp_path):
+    with pytest.raises(ScalegptError, match="train.precision must be one of auto | fp32 | bf16 | fp16, got 'fp8'"):
+        load_config(None, [("train.precision", "fp8")])
+    with pytest.raises(ScalegptError, match="train.seq_len .* larger than the model's block_size"):
+        load_config(None, [("model.block_size", "64"), ("train.seq_len", "128")])
+    with pytest.raises(ScalegptError, match="train.micro_batch_size must be > 0"):
+        load_config(None, [("train.micro_batch_size", "0")])
+    with pytest.raises(ScalegptError, match="guard.spike_window"):  # the [guard] section's own checks still apply
+        load_config(None, [("guard.spike_window", "1")])
+    with pytest.raises(ScalegptError, match="dist.strategy"):
+        load_config(None, [("dist.strategy", "zero3")])
+
+
+def test_resolved_toml_round_trips():
+    import tomllib
+
+    config = load_config(None, [("eval.prompt", 'say "hi"\n'), ("optim.eps", "1e-12"), ("model.bias", "false")])
+    assert config_from_dict(tomllib.loads(to_toml(config))) == config
+
+
+def test_every_field_has_a_doc_and_appears_in_help(run_cli):
+    table = fields_table()
+    assert {f.section for f in table} >= {"model", "data", "optim", "schedule", "train", "eval", "log", "checkpoint",
+                                          "dist", "guard"}
+    missing = [f.key for f in table if not f.doc]
+    assert not missing, f"fields without a doc comment: {missing}"
+    rc, out, _ = run_cli("train", "--help")
+    assert rc == 0
+    flat = "".join(out.split())  # argparse wraps lines anywhere, even after a hyphen
+    for f in table:
+        assert f"--{f.key}" in out
+        assert "".join(f.doc.split()) in flat
+    assert "--optim.lr" in help_text()
+
+
+def test_cli_unknown_option_is_one_line_with_a_suggestion(run_cli):
+    rc, out, err = run_cli("train", "--optim.lrr", "1e-3")
+    assert rc == 2
+    assert err.strip() == "scalegpt: error: unknown option --optim.lrr; did you mean --optim.lr?"
+    rc, _, err = run_cli("train", "--out", "x", "--train.max_steps", "ten")
+    assert rc == 2 and "--train.max_steps: expected int, got 'ten'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["gpt2-124m", "shakespeare-char", "quickstart"])
+def test_presets_load(name):
+    config = load_config(CONFIGS / f"{name}.toml")
+    assert config.train.global_batch_tokens % (config.train.seq_len or config.model.block_size) == 0
+
+
+def test_gpt2_preset_is_build_nanogpt_recipe():
+    c = load_config(CONFIGS / "gpt2-124m.toml")
+    assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) == (12, 12, 768, 1024)
+    assert c.train.global_batch_tokens == 524288 and c.train.max_steps == 19073
+    assert c.optim.lr == 6e-4 and c.schedule.warmup_steps == 715 and c.schedule.min_lr_ratio == 0.1
+    assert c.optim.weight_decay == 0.1
+
+
+def test_shakespeare_preset_is_nanogpt_cpu_recipe():
+    c = load_config(CONFIGS / "shakespeare-char.toml")
+    assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) == (4, 4, 128, 64)
+    assert c.train.global_batch_tokens == 12 * 64 and c.train.micro_batch_size == 12
+    assert c.train.max_steps == 2000 and c.schedule.decay_steps == 2000 and c.model.dropout == 0.0
+    assert c.optim.lr == 1e-3 and c.optim.lr * c.schedule.min_lr_ratio == pytest.approx(1e-4)

@@ -1,0 +1,54 @@
+"""The README's main job, shortened: `scalegpt quickstart` prepares the stdlib sources, trains, samples, reports."""
+from __future__ import annotations
+
+import pytest
+
+# Shorter evaluations than the preset's: the path is the same, the minutes are not.
+FAST = ["--set", "eval.tokens=4096", "--set", "eval.sample_tokens=16", "--sample-tokens", "40"]
+
+
+def test_quickstart_default_stdlib_end_to_end(tmp_path, run_cli):
+    run, data = tmp_path / "run", tmp_path / "data"
+    args = ["quickstart", "--max-steps", "3", "--out", run, "--data-dir", data, *FAST]
+    rc, out, err = run_cli(*args)
+    assert rc == 0, err
+    assert "char vocabulary" in out and "device: cpu" in out
+    for label in ("checkpoint:", "log:", "plot:"):
+        assert label in out
+    assert out.rstrip().endswith("=" * 72)
+    sample = out.split("-" * 72 + "\n")[-1]
+    assert sample.startswith("def ") and len(sample) > 30
+    assert (run / "checkpoints" / "step_000003" / "model.safetensors").is_file()
+    assert (run / "loss.png").is_file() and "3 train" in (run / "log.txt").read_text()
+    # again: the run directory is never clobbered, and the prepared data is reused
+    rc, _, err = run_cli(*args)
+    assert rc == 2 and "run directory exists" in err
+    rc, out, err = run_cli(*args, "--overwrite", "--max-steps", "1")
+    assert rc == 0, err
+    assert "data: reusing" in out
+
+
+def test_quickstart_own_files_and_shakespeare_are_one_flag_away(tmp_path, run_cli, data_dir):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 300)
+    (corpus / "b.md").write_text("# notes\nsome more text for the validation split\n" * 300)
+    rc, out, err = run_cli("quickstart", "--input", corpus, "--max-steps", "2", "--out", tmp_path / "own",
+                           "--data-dir", tmp_path / "own-data", *FAST)
+    assert rc == 0, err
+    assert "prepared 1 input(s)" in out
+    (corpus / "a.txt").write_text("changed\n" * 300)  # other contents: the prepared tokens are stale, never reused
+    rc, _, err = run_cli("quickstart", "--input", corpus, "--max-steps", "2", "--out", tmp_path / "own2",
+                         "--data-dir", tmp_path / "own-data", *FAST)
+    assert rc == 2 and "holds tokens of other files" in err
+    rc, out, err = run_cli("quickstart", "--recipe", "shakespeare", "--input", data_dir / "tinyshakespeare.txt",
+                           "--max-steps", "2", "--out", tmp_path / "shk", "--data-dir", tmp_path / "shk-data", *FAST)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("args, message", [(["--max-steps", "0"], "--max-steps must be >= 1"),
+                                           (["--input", "/nonexistent/corpus"], "/nonexistent/corpus"),
+                                           (["--set", "optim.lrr=1"], "did you mean 'optim.lr'")])
+def test_quickstart_bad_input(tmp_path, run_cli, args, message):
+    rc, _, err = run_cli("quickstart", *args, "--out", tmp_path / "run", "--data-dir", tmp_path / "data")
+    assert rc == 2 and message in err, err

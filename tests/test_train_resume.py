@@ -1,0 +1,65 @@
+"""Exact resume: on CPU in fp32, every step after a resume is bit-identical to an uninterrupted run."""
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import load_file
+
+from test_train import cli_args, prepare_chars
+
+# Accumulation (2 micro-steps) and dropout make the data position and the RNG state matter; a step-8 decay end
+# keeps the schedule the same whether a run is asked for 4 or 8 steps.
+RESUME = dict(train__micro_batch_size=4, model__dropout=0.1, schedule__decay_steps=8, eval__interval=2,
+              checkpoint__interval=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, shakespeare_text):
+    return prepare_chars(shakespeare_text[:60_000], tmp_path_factory.mktemp("data") / "shk")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_data):
+    from scalegpt.cli import main
+
+    run = tmp_path_factory.mktemp("full") / "run"
+    assert main(["train", *cli_args(tiny_data, run, **RESUME)]) == 0
+    return run
+
+
+def assert_same_run(a, b):
+    assert (b / "log.txt").read_text() == (a / "log.txt").read_text()
+    wa = load_file(a / "checkpoints" / "step_000008" / "model.safetensors")
+    wb = load_file(b / "checkpoints" / "step_000008" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_data, uninterrupted, run_cli):
+    run = tmp_path / "run"
+    assert run_cli("train", *cli_args(tiny_data, run, **{**RESUME, "train__max_steps": 4}))[0] == 0
+    rc, out, err = run_cli("train", *cli_args(tiny_data, run, **RESUME), "--resume")
+    assert rc == 0, err
+    assert "resumed from" in out and "step_000004 at step 4" in out
+    assert_same_run(uninterrupted, run)
+
+
+def test_resume_after_a_crash_past_the_checkpoint(tmp_path, tiny_data, uninterrupted, run_cli):
+    """A run that died at step 6 (checkpoint at 4) resumes from 4; the log lines of steps 5-6 are replaced."""
+    run = tmp_path / "run"
+    crashed = {**RESUME, "train__max_steps": 6, "checkpoint__at_end": False}
+    assert run_cli("train", *cli_args(tiny_data, run, **crashed))[0] == 0
+    assert "6 train" in (run / "log.txt").read_text()
+    # no --config, no overrides but the new length: the run's own config.toml is the base
+    rc, _, err = run_cli("train", "--out", run, "--resume", "--train.max_steps", "8", "--checkpoint.at_end", "true")
+    assert rc == 0, err
+    assert_same_run(uninterrupted, run)
+
+
+def test_resume_of_a_finished_run_trains_nothing(uninterrupted, tiny_data, run_cli, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted, run)
+    before = (run / "log.txt").read_text()
+    rc, out, _ = run_cli("train", *cli_args(tiny_data, run, **RESUME), "--resume")
+    assert rc == 0 and "nothing to train" in out
+    assert (run / "log.txt").read_text() == before
