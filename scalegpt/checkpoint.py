@@ -64,7 +64,7 @@ def write_dir_atomically(final: Path, write_into) -> None:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException as e:
         # Diagnose before rmtree frees the space; a ScalegptError from write_into is already the clear message.
         why = _write_error(final, e) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
@@ -111,7 +111,8 @@ def _write_error(final: Path, e: Exception) -> str | None:
     return f"cannot write checkpoint {final}: {what} ({detail}); any previous checkpoint is untouched"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: not every filesystem allows fsync on a directory)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

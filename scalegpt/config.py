@@ -39,6 +39,7 @@ class ModelSection:
     block_size: int = 1024  # longest sequence the model can see (its position table)
     dropout: float = 0.0  # dropout probability; 0 for pretraining
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has
+    activation: str = "gelu_tanh"  # MLP activation: gelu_tanh (GPT-2's approximation) or gelu (exact, as nanoGPT)
     vocab_size: int = 0  # 0 = the dataset's tokenizer's vocabulary size
     pad_vocab_multiple: int = 64  # pad the embedding rows to a multiple of this for faster matmuls
 

@@ -11,6 +11,10 @@ pure function of the seed, not of the world size: optimizer step s uses windows 
 rank r reads windows s*G + m*B*W + r*B ... + B. Two ranks together draw exactly the batch one process draws, and
 the loader state is one global window index, valid at any world size. A corpus with fewer windows than a batch simply
 wraps into the next epoch. `shuffle=False` walks shards and windows in order.
+
+Offsets. Shuffled, epoch e shifts every window of a shard by a seeded offset in [0, T) (one window per shard is kept
+as slack for it), so repeated epochs see new window boundaries, as nanoGPT's random offsets give, while an epoch's
+windows stay disjoint and the order stays a pure function of (seed, epoch).
 """
 from __future__ import annotations
 
@@ -230,7 +234,18 @@ class DataLoader:
         self.accum_steps = self.G // (self.B * self.W)
         self.shuffle = bool(shuffle)
         self.device = torch.device(device)
-        self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
+        lengths = np.array(ds.shard_lengths, dtype=np.int64)
+        if self.shuffle:
+            # Each epoch shifts a shard's windows by a seeded offset in [0, T), so a second epoch does not replay
+            # the first one's exact windows (nanoGPT gets the same effect from random offsets). That needs one
+            # window of slack per shard; a shard too short for it keeps its windows unshifted.
+            shifted = np.where(lengths >= 2 * self.T, (lengths - self.T) // self.T, 0)
+            unshifted = np.where(lengths > self.T, (lengths - 1) // self.T, 0)
+            self.counts = np.where(lengths >= 2 * self.T, shifted, unshifted)
+            self.max_offset = np.minimum(self.T - 1, lengths - 1 - self.counts * self.T)
+        else:
+            self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
+            self.max_offset = np.zeros_like(self.counts)
         self.num_windows = int(self.counts.sum())
         if self.num_windows == 0:
             raise ScalegptError(
@@ -257,7 +272,8 @@ class DataLoader:
             n = len(self.counts)
             order = (np.random.default_rng([self.seed, epoch, 0, 0]).permutation(n) if self.shuffle
                      else np.arange(n))
-            lay = (order, np.cumsum(self.counts[order]))
+            offsets = np.random.default_rng([self.seed, epoch, 2, 0]).integers(0, self.max_offset + 1)
+            lay = (order, np.cumsum(self.counts[order]), offsets)
             self._layouts[epoch] = lay
             while len(self._layouts) > 2:
                 self._layouts.popitem(last=False)
@@ -276,12 +292,12 @@ class DataLoader:
     def locate(self, g: int) -> tuple[int, int]:
         """(shard, start token) of global window g."""
         epoch, i = divmod(g, self.num_windows)
-        order, cum = self._layout(epoch)
+        order, cum, offsets = self._layout(epoch)
         k = int(np.searchsorted(cum, i, side="right"))
         shard = int(order[k])
         local = i - (int(cum[k - 1]) if k else 0)
         w = int(self._perm(epoch, shard)[local]) if self.shuffle else local
-        return shard, w * self.T
+        return shard, int(offsets[shard]) + w * self.T
 
     def _make_batch(self, position: int):
         first = position + self.rank * self.B

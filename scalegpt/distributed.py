@@ -118,6 +118,10 @@ def init_distributed(config: DistConfig, device_arg=None) -> DistInfo:
 
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()  # leave together: a rank tearing down while another still talks to it can abort
+        except Exception:
+            pass
         dist.destroy_process_group()
 
 

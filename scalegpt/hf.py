@@ -29,8 +29,8 @@ HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TOKENIZER_SPEC_FILE = "scalegpt_tokenizer.json"
 GPT2_VOCAB_SIZE = 50257
-# gelu_new and gelu_pytorch_tanh are the same tanh approximation that our MLP uses.
-GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+# HF activation_function -> our model.activation (gelu_new and gelu_pytorch_tanh are the same tanh approximation).
+GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
 def load_pretrained(name_or_dir: str, device: str | torch.device = "cpu") -> GPT:
@@ -91,7 +91,7 @@ def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
         raise ScalegptError(f"{source}: layer_norm_epsilon must be 1e-05 (our LayerNorm's), got {eps!r}")
     act = hf.get("activation_function", "gelu_new")
     if act not in GPT2_ACTIVATIONS:
-        raise ScalegptError(f"{source}: activation_function must be 'gelu_new', got {act!r}")
+        raise ScalegptError(f"{source}: activation_function must be one of {', '.join(GPT2_ACTIVATIONS)}, got {act!r}")
     n_inner = hf.get("n_inner")
     if n_inner not in (None, 4 * hf["n_embd"]):
         raise ScalegptError(f"{source}: n_inner must be null or 4 * n_embd ({4 * hf['n_embd']}), got {n_inner!r}")
@@ -100,7 +100,8 @@ def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
         if hf.get(key, expected) != expected:
             raise ScalegptError(f"{source}: '{key}' must be {str(expected).lower()}, got {hf[key]!r}")
     return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                     n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True)
+                     n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
+                     activation=GPT2_ACTIVATIONS[act])
 
 
 def hf_state_to_gpt(hf_state: dict, config: GPTConfig) -> dict:
@@ -233,7 +234,7 @@ def gpt_config_to_hf(config: GPTConfig, tokenizer_spec: dict | None) -> dict:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,

@@ -48,8 +48,8 @@ class RunLog:
         self._log.write(f"{step} {kind} {value:.6f}\n")
 
     def record(self, step: int, kind: str, **figures) -> None:
-        row = {"step": step, "kind": kind, **figures}
-        self._metrics.write(json.dumps(row) + "\n")
+        row = {"step": step, "kind": kind, **{k: _json_safe(v) for k, v in figures.items()}}
+        self._metrics.write(json.dumps(row, allow_nan=False) + "\n")
         if self._tb is not None:
             for name, value in figures.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -261,3 +261,10 @@ class Progress:
         self.flush(console=True)
         if self.bar is not None:
             self.bar.close()
+
+
+def _json_safe(value):
+    """Strict JSON has no NaN/Infinity (jq and most parsers reject them): non-finite floats become "nan"/"inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from scalegpt.errors import ScalegptError
 
 
+ACTIVATIONS = {"gelu_tanh": "tanh", "gelu": "none"}  # name -> nn.GELU(approximate=...)
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest sequence the position embedding covers
@@ -28,6 +31,9 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has
+    # GPT-2 used GELU's tanh approximation ("gelu_tanh", HF's gelu_new); "gelu" is the exact erf form that nanoGPT
+    # trains with, about 2x cheaper on CPU.
+    activation: str = "gelu_tanh"
     # The embedding matrix is padded to a multiple of this (50257 -> 50304) because matmuls with
     # dimensions that are multiples of 64 run faster; the padded rows are sliced off the logits.
     pad_vocab_multiple: int = 64
@@ -38,6 +44,8 @@ class GPTConfig:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
             if getattr(self, name) < 1:
                 raise ScalegptError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.activation not in ACTIVATIONS:
+            raise ScalegptError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
         if not 0.0 <= self.dropout < 1.0:
             raise ScalegptError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -109,7 +117,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
         self.dropout = nn.Dropout(config.dropout)

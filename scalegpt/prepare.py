@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scalegpt.checkpoint import fsync_dir
 from scalegpt.errors import ScalegptError
 from scalegpt.sources import Source, discover
 from scalegpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, get_tokenizer, tokenizer_from_spec
@@ -47,19 +48,6 @@ def file_sha256(path: Path) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class ShardWriter:
@@ -387,7 +375,7 @@ def _finalize(out: Path, partial: Path, meta: dict, tok: Tokenizer) -> None:
         tok.save(out / "tokenizer.json")
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync_dir(out)
+    fsync_dir(out)
     os.replace(tmp, out / "meta.json")
-    _fsync_dir(out)
+    fsync_dir(out)
     shutil.rmtree(partial, ignore_errors=True)

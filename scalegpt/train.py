@@ -167,7 +167,7 @@ class Trainer:
         self.model_config = GPTConfig(
             block_size=c.model.block_size, vocab_size=c.model.vocab_size or vocab, n_layer=c.model.n_layer,
             n_head=c.model.n_head, n_embd=c.model.n_embd, dropout=c.model.dropout, bias=c.model.bias,
-            pad_vocab_multiple=c.model.pad_vocab_multiple)
+            activation=c.model.activation, pad_vocab_multiple=c.model.pad_vocab_multiple)
         self.raw_model = GPT(self.model_config).to(self.device)
         self.model = self.strategy.wrap_model(self.raw_model)
         self.say(f"model: {self.raw_model.num_params():,} parameters ({c.model.n_layer} layers, {c.model.n_head} heads, "
@@ -281,6 +281,8 @@ class Trainer:
     def _log_skip(self, step: int) -> None:
         """A skipped update is rare and worth finding later: console, log.txt (`{step} skip {total}`), metrics.jsonl."""
         g = self.guard
+        if self.progress is not None:  # earlier steps' buffered train lines first, so log.txt stays in step order
+            self.progress.flush()
         self.say(f"step {step}: skipped ({g.last_reason}); {g.skipped_total} skipped so far, "
                  f"{g.consecutive_skips} in a row (abort at {g.config.max_consecutive_skips or 'never'})")
         if self.run_log is not None:

@@ -13,6 +13,7 @@ mid-write leaves every earlier checkpoint as it was.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import shutil
@@ -93,11 +94,29 @@ def save_checkpoint(run_dir, step: int, model, tokenizer_spec: dict | None, stat
         torch.save(state, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(config_toml, encoding="utf-8")
 
+    _tidy(final.parent)
     write_dir_atomically(final, write_into)
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            # Hide it first: a kill during rmtree then leaves a hidden leftover, never a half-deleted step_N.
+            doomed = old.parent / f".{old.name}.deleting"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def _tidy(root: Path) -> None:
+    """Remove what killed writers left in checkpoints/ (one process writes per run directory, so every hidden
+    `.step_*` entry is stale). The one exception: a previous version moved aside (`.old-PID`) just before a kill,
+    whose step_N is now missing, is moved back rather than lost."""
+    if not root.is_dir():
+        return
+    for leftover in root.glob(".step_*"):
+        name, _, kind = leftover.name[1:].rpartition(".")
+        if kind.startswith("old-") and not (root / name).exists() and is_model_dir(leftover):
+            os.replace(leftover, root / name)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_state(directory) -> dict:

@@ -46,6 +46,21 @@ def firsts(x: torch.Tensor) -> list[int]:
     return x[:, 0].tolist()
 
 
+def shuffled_counts(lengths, T):
+    """Windows per shard when shuffled: one window of slack for the per-epoch offset, unless the shard is too short."""
+    return [(n - T) // T if n >= 2 * T else ((n - 1) // T if n > T else 0) for n in lengths]
+
+
+def assert_one_epoch(windows, lengths, T):
+    """Every window (by first token) lies inside one shard, none overlaps another, and each shard has its count."""
+    bounds = np.cumsum([0, *lengths])
+    per_shard = [sorted(w for w in windows if bounds[i] <= w < bounds[i + 1]) for i in range(len(lengths))]
+    assert [len(p) for p in per_shard] == shuffled_counts(lengths, T)
+    for i, starts in enumerate(per_shard):
+        assert all(w + T + 1 <= bounds[i + 1] for w in starts)  # x and y stay inside the shard
+        assert all(b - a >= T for a, b in zip(starts, starts[1:]))  # disjoint inputs
+
+
 LENGTHS = [1000, 1000, 1000, 517]  # a short last shard
 T = 16
 
@@ -57,17 +72,18 @@ def ds(tmp_path):
 
 def test_batches_are_shifted_windows_inside_shards(ds):
     loader = DataLoader(ds, seq_len=T, global_batch_size=8, micro_batch_size=4)
-    starts = set(window_starts(LENGTHS, T))
+    bounds = np.cumsum([0, *LENGTHS])
     for _ in range(50):
         x, y = loader.next_batch()
         assert x.shape == y.shape == (4, T) and x.dtype == y.dtype == torch.int64
         assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)  # contiguous tokens
-        assert set(firsts(x)) <= starts
+        for w in firsts(x):  # the window and its last target inside one shard
+            assert np.searchsorted(bounds, w, side="right") == np.searchsorted(bounds, w + T, side="right")
     assert ds.num_tokens == sum(LENGTHS) and ds.tokenizer_spec == GPT2_SPEC and ds.meta["version"] == 1
 
 
 def test_one_epoch_covers_every_window_once_and_ranks_are_disjoint(ds):
-    starts = window_starts(LENGTHS, T)  # 62 + 62 + 62 + 32 = 218 windows
+    starts = list(range(sum(shuffled_counts(LENGTHS, T))))  # 61 + 61 + 61 + 31 = 214 windows
     W, B, G = 2, 3, 12
     loaders = [DataLoader(ds, T, G, B, rank=r, world_size=W, seed=7) for r in range(W)]
     order = []  # (rank, window) in global order
@@ -76,11 +92,17 @@ def test_one_epoch_covers_every_window_once_and_ranks_are_disjoint(ds):
             for r in range(W):
                 order += [(r, w) for w in firsts(loaders[r].next_batch()[0])]
     epoch = order[:len(starts)]
-    assert sorted(w for _, w in epoch) == starts  # each window exactly once in the epoch
+    assert_one_epoch([w for _, w in epoch], LENGTHS, T)  # each window once, disjoint, inside its shard
     by_rank = [{w for r, w in epoch if r == rank} for rank in range(W)]
     assert not by_rank[0] & by_rank[1] and len(by_rank[0]) > 100 and len(by_rank[1]) > 100
-    assert [w for _, w in epoch] != starts  # shuffled
+    assert [w for _, w in epoch] != sorted(w for _, w in epoch)  # shuffled
     assert loaders[0].epoch == 1 and loaders[0].num_windows == len(starts)
+    next_epoch = [w for _, w in order[len(starts):2 * len(starts)]]
+    while len(next_epoch) < len(starts):
+        next_epoch += [w for w in firsts(loaders[0].next_batch()[0])] + [w for w in firsts(loaders[1].next_batch()[0])]
+    assert_one_epoch(next_epoch[:len(starts)], LENGTHS, T)
+    offsets = lambda ws: {w % T for w in ws if w < LENGTHS[0]}  # shard 0's window offset in each epoch
+    assert len(offsets(w for _, w in epoch)) == 1 and offsets(w for _, w in epoch) != offsets(next_epoch[:len(starts)])
 
 
 def test_global_batch_does_not_depend_on_world_size(ds):
@@ -145,12 +167,14 @@ def test_resume_refusals(ds):
 
 
 def test_corpus_smaller_than_a_batch_wraps_around(tmp_path):
-    small = open_dataset(make_dataset(tmp_path / "s", [50]))  # 3 windows of 16
+    small = open_dataset(make_dataset(tmp_path / "s", [50]))  # shuffled: 2 windows of 16 plus slack for the offset
     loader = DataLoader(small, T, 8, 8, seed=1)
     x, _ = loader.next_batch()
     got = firsts(x)
-    assert sorted(got[:3]) == sorted(got[3:6]) == [0, 16, 32]  # epoch after epoch, each a permutation
-    assert loader.epoch == 2
+    for e in range(4):  # epoch after epoch, two disjoint windows inside the shard
+        assert_one_epoch(got[2 * e:2 * e + 2], [50], T)
+    assert len({w % T for w in got}) > 1  # the offset moves between epochs
+    assert loader.epoch == 4
     seq = DataLoader(small, T, 4, 4, shuffle=False)
     assert firsts(seq.next_batch()[0]) == [0, 16, 32, 0]
 
@@ -161,9 +185,10 @@ def test_sequential_mode_and_short_last_shard(tmp_path):
     loader = DataLoader(d, T, 2, 2, shuffle=False)
     got = [w for _ in range(6) for w in firsts(loader.next_batch()[0])]
     assert window_starts(lengths, T) == [0, 16, 40, 56, 80] and got == ([0, 16, 40, 56, 80] * 3)[:12]
-    shuffled = DataLoader(d, T, 5, 5, seed=4)  # the window-less shard must not disturb the shuffled walk
+    shuffled = DataLoader(d, T, 3, 3, seed=4)  # the window-less shard must not disturb the shuffled walk
+    assert shuffled_counts(lengths, T) == [1, 1, 1, 0]
     for _ in range(4):
-        assert sorted(firsts(shuffled.next_batch()[0])) == [0, 16, 40, 56, 80]
+        assert_one_epoch(firsts(shuffled.next_batch()[0]), lengths, T)
     with pytest.raises(ScalegptError, match="no shard holds seq_len\\+1 = 51 tokens"):
         DataLoader(d, 50, 2, 2)
 

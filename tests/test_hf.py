@@ -90,11 +90,14 @@ def test_a_malicious_pickle_is_never_executed(hf_dir, tmp_path):
     assert not marker.exists()
 
 
-def test_export_loads_in_transformers_with_identical_logits(tmp_path):
-    model = GPT(preset_config("tiny", vocab_size=VOCAB))  # padded to 256 here, 211 in the export
+@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+def test_export_loads_in_transformers_with_identical_logits(tmp_path, activation, hf_activation):
+    model = GPT(preset_config("tiny", vocab_size=VOCAB, activation=activation))  # padded to 256, 211 in the export
     out = export_hf(model, None, tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["architectures"] == ["GPT2LMHeadModel"]
+    assert config["activation_function"] == hf_activation
+    assert GPT.from_pretrained(str(out)).config.activation == activation
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert type(hf).__name__ == "GPT2LMHeadModel"
     idx = torch.randint(0, VOCAB, (2, 64))
@@ -184,7 +187,7 @@ def test_other_architectures_and_unsupported_options_are_refused(hf_dir, tmp_pat
         GPT.from_pretrained(str(llama))
     with pytest.raises(ScalegptError, match="layer_norm_epsilon must be 1e-05"):
         GPT.from_pretrained(str(_write_config(tmp_path / "eps", layer_norm_epsilon=1e-6)))
-    with pytest.raises(ScalegptError, match="activation_function must be 'gelu_new', got 'relu'"):
+    with pytest.raises(ScalegptError, match="activation_function must be one of gelu_new, gelu_pytorch_tanh, gelu, got 'relu'"):
         GPT.from_pretrained(str(_write_config(tmp_path / "act", activation_function="relu")))
     with pytest.raises(ScalegptError, match="tie_word_embeddings' must be true"):
         GPT.from_pretrained(str(_write_config(tmp_path / "tie", tie_word_embeddings=False)))

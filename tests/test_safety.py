@@ -328,3 +328,23 @@ def test_training_on_a_truncated_shard_is_refused(char_data, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(ScalegptError, match="train_000000.npy"):
         Trainer(_run_config(data, 2), tmp_path / "run", echo=lambda s: None)
+
+
+def test_leftovers_of_killed_writers_are_tidied_and_a_displaced_checkpoint_is_restored(tmp_path):
+    """A SIGKILL mid-write leaves `.step_N.tmp-PID`; one between the two renames of a same-step rewrite leaves the
+    previous version as `.step_N.old-PID` with no step_N. The next save removes the first and restores the second."""
+    from scalegpt.model import GPT, preset_config
+    from scalegpt.train_state import list_checkpoints, save_checkpoint
+
+    model = GPT(preset_config("tiny", vocab_size=50))
+    run = tmp_path / "run"
+    save_checkpoint(run, 5, model, None, {"step": 5}, "")
+    root = run / "checkpoints"
+    os.replace(root / "step_000005", root / ".step_000005.old-4242")  # killed between the renames
+    (root / ".step_000010.tmp-4242").mkdir()  # killed while writing
+    (root / ".step_000010.tmp-4242" / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(run, 10, model, None, {"step": 10}, "", keep_last=2)
+    assert [p.name for p in list_checkpoints(run)] == ["step_000005", "step_000010"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_000005", "step_000010"]
+    save_checkpoint(run, 15, model, None, {"step": 15}, "", keep_last=2)  # pruning leaves no hidden remains
+    assert sorted(p.name for p in root.iterdir()) == ["step_000010", "step_000015"]
