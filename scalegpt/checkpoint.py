@@ -50,8 +50,9 @@ def write_dir_atomically(final: Path, write_into) -> None:
     try:
         write_into(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         old = None
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"

@@ -407,7 +407,9 @@ def save_training_checkpoint(strategy: Strategy, trainer, step: int) -> Path:
 
     final = train_state.checkpoint_dir(trainer.run_dir, step)
     model, fsdp = trainer.raw_model, is_fsdp(trainer.raw_model)
-    staged = final.parent / f".{final.name}.{DCP_DIR}"
+    # Staged outside checkpoints/ (whose hidden leftovers are tidied before each save), then moved into the
+    # checkpoint inside its one atomic rename: a crash never leaves a checkpoint without its shards.
+    staged = Path(trainer.run_dir) / ".dcp-staging" / final.name
     if fsdp:
         save_dcp(model, trainer.optimizer, staged)
         full = full_model_state(model)  # what train_state.save_checkpoint needs of a model: state_dict() and config
@@ -418,11 +420,8 @@ def save_training_checkpoint(strategy: Strategy, trainer, step: int) -> Path:
         dist.all_gather_object(state["rng_ranks"], state["rng"])  # this job's ranks' in-memory state, not a file
     if strategy.is_main:
         train_state.save_checkpoint(trainer.run_dir, step, model, trainer.tokenizer_spec, state,
-                                    cfg_mod.to_toml(trainer.config), trainer.config.checkpoint.keep_last)
-        if fsdp:
-            # The plain files landed atomically first; the shards follow with one rename. A crash between the two
-            # leaves a checkpoint without dcp/, which load_training_checkpoint reports as incomplete.
-            os.replace(staged, final / DCP_DIR)
+                                    cfg_mod.to_toml(trainer.config), trainer.config.checkpoint.keep_last,
+                                    move_in={DCP_DIR: staged} if fsdp else None)
     barrier()
     return final
 

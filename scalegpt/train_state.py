@@ -82,10 +82,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir, step: int, model, tokenizer_spec: dict | None, state: dict, config_toml: str,
-                    keep_last: int = 0) -> Path:
+                    keep_last: int = 0, move_in: dict[str, Path] | None = None) -> Path:
     """Atomically write RUN_DIR/checkpoints/step_XXXXXX, then delete all but the `keep_last` newest (0 = keep all).
 
-    `model` is the unwrapped module; `state` is the trainer's state dict (optimizer, step, loader, ...)."""
+    `model` is the unwrapped module; `state` is the trainer's state dict (optimizer, step, loader, ...); `move_in`
+    names directories already written elsewhere (on the same filesystem) to move into the checkpoint."""
     final = checkpoint_dir(run_dir, step)
     state = {"format_version": FORMAT_VERSION, **state}
 
@@ -93,6 +94,8 @@ def save_checkpoint(run_dir, step: int, model, tokenizer_spec: dict | None, stat
         write_model_files(model, tmp, tokenizer_spec)
         torch.save(state, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(config_toml, encoding="utf-8")
+        for name, staged in (move_in or {}).items():  # e.g. FSDP's sharded state: part of the same atomic rename
+            os.replace(staged, tmp / name)
 
     _tidy(final.parent)
     write_dir_atomically(final, write_into)
