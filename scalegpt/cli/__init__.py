@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from scalegpt.errors import ScalegptError
@@ -38,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except ScalegptError as e:
-        # Under torchrun every rank hits the same error; one line from rank 0 is the message, all ranks exit 2.
-        if os.environ.get("RANK", "0") == "0":
-            print(f"scalegpt: error: {e}", file=sys.stderr)
+        # Under torchrun every rank prints it: torchrun stops the others as soon as one rank exits, so printing on
+        # rank 0 alone could lose the message.
+        print(f"scalegpt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scalegpt: interrupted", file=sys.stderr)
