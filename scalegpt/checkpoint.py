@@ -145,17 +145,22 @@ def save_model_dir(model, directory, tokenizer_spec: dict | None = None) -> None
     write_dir_atomically(Path(directory), lambda tmp: write_model_files(model, tmp, tokenizer_spec))
 
 
-def read_config(directory) -> dict:
-    path = Path(directory) / "config.json"
+def read_json_object(path, missing_hint: str) -> dict:
+    """A JSON file holding an object, or one clear error: not found (with `missing_hint`), not JSON, not an object."""
+    path = Path(path)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ScalegptError(f"{path}: not found (is {directory} a checkpoint directory?)") from None
+        raise ScalegptError(f"{path}: not found ({missing_hint})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ScalegptError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
+    if not isinstance(data, dict):
         raise ScalegptError(f"{path}: expected a JSON object")
-    return config
+    return data
+
+
+def read_config(directory) -> dict:
+    return read_json_object(Path(directory) / "config.json", f"is {directory} a checkpoint directory?")
 
 
 def is_model_dir(directory) -> bool:

@@ -31,14 +31,27 @@ def distributed_world() -> tuple[int, int]:
     return 0, 1
 
 
-def lockstep(has_work: bool, device) -> bool:
-    """True while any rank still has work. A rank that ran out keeps joining the collectives (FSDP all-gathers its
-    parameters inside forward), so a rank with fewer or zero batches cannot leave the others waiting forever."""
+def in_lockstep(model, batches: Iterable, device, autocast, synced: bool):
+    """Yield the batches. Under torch.distributed (synced) the walk goes on while any rank still has work: a rank
+    that ran out runs a throwaway forward each round, so it keeps joining the collectives (FSDP all-gathers its
+    parameters inside forward) and a rank with fewer or zero batches cannot leave the others waiting forever."""
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if has_work else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        if synced:
+            flag = torch.tensor([0 if batch is None else 1], dtype=torch.int32, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if not flag.item():
+                return
+            if batch is None:
+                with autocast:  # keep this rank in step with the others; the result is not used
+                    model(torch.zeros(1, 1, dtype=torch.long, device=device))
+                continue
+        elif batch is None:
+            return
+        yield batch
 
 
 def _logits(out) -> torch.Tensor:
@@ -53,18 +66,8 @@ def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_
     _, world = distributed_world()
     synced = reduce_across_ranks and world > 1
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of losses, number of target tokens]
-    it = iter(batches)
     with eval_mode(model):
-        while True:
-            batch = next(it, None)
-            if synced and not lockstep(batch is not None, device):
-                break
-            if batch is None:
-                if not synced:
-                    break
-                with autocast:  # keep this rank in step with the others; the result is not used
-                    model(torch.zeros(1, 1, dtype=torch.long, device=device))
-                continue
+        for batch in in_lockstep(model, batches, device, autocast, synced):
             x, y = (t.to(device, non_blocking=True) for t in batch)
             with autocast:
                 logits = _logits(model(x))

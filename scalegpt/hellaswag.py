@@ -273,7 +273,7 @@ def evaluate_hellaswag(model, tokenizer, examples, device="cpu", batch_size: int
 
     tokenizer: a scalegpt tokenizer or its spec. Each rank scores examples[rank::world_size] (by default the rank and
     world size of the initialised process group); the counts are then all-reduced, so every rank returns the total."""
-    from scalegpt.evaluate import distributed_world, lockstep
+    from scalegpt.evaluate import distributed_world, in_lockstep
     from scalegpt.generate import eval_mode, model_config
 
     if batch_size < 1:
@@ -293,18 +293,7 @@ def evaluate_hellaswag(model, tokenizer, examples, device="cpu", batch_size: int
 
     bar = tqdm(total=len(shard), desc="hellaswag", unit="ex", disable=not progress or rank != 0, dynamic_ncols=True)
     with eval_mode(model), bar:
-        i = 0
-        while True:
-            chunk = batches[i] if i < len(batches) else None
-            i += 1
-            if synced and not lockstep(chunk is not None, device):
-                break
-            if chunk is None:
-                if not synced:
-                    break
-                with autocast:  # keep this rank in step with the others; the result is not used
-                    model(torch.zeros(1, 1, dtype=torch.long, device=device))
-                continue
+        for chunk in in_lockstep(model, batches, device, autocast, synced):
             sums, n_tokens = _score_batch(model, [encoded[j] for j in chunk], block, device, autocast)
             pred, pred_norm = predictions(sums, n_tokens)
             gold = labels[chunk]

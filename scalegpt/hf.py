@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from scalegpt.checkpoint import (
+    read_json_object,
     TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked, write_dir_atomically,
 )
 from scalegpt.errors import ScalegptError
@@ -127,15 +128,7 @@ def hf_state_to_gpt(hf_state: dict, config: GPTConfig) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScalegptError(f"{path}: not found (a HuggingFace model directory has a config.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ScalegptError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, "a HuggingFace model directory has a config.json")
 
 
 def _load_tensor_file(path: Path) -> dict:
