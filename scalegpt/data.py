@@ -235,17 +235,14 @@ class DataLoader:
         self.shuffle = bool(shuffle)
         self.device = torch.device(device)
         lengths = np.array(ds.shard_lengths, dtype=np.int64)
+        self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
+        self.max_offset = np.zeros_like(self.counts)
         if self.shuffle:
             # Each epoch shifts a shard's windows by a seeded offset in [0, T), so a second epoch does not replay
             # the first one's exact windows (nanoGPT gets the same effect from random offsets). That needs one
-            # window of slack per shard; a shard too short for it keeps its windows unshifted.
-            shifted = np.where(lengths >= 2 * self.T, (lengths - self.T) // self.T, 0)
-            unshifted = np.where(lengths > self.T, (lengths - 1) // self.T, 0)
-            self.counts = np.where(lengths >= 2 * self.T, shifted, unshifted)
+            # window of slack per shard; a shard too short for it keeps its windows (and offsets up to its slack).
+            self.counts = np.where(lengths >= 2 * self.T, (lengths - self.T) // self.T, self.counts)
             self.max_offset = np.minimum(self.T - 1, lengths - 1 - self.counts * self.T)
-        else:
-            self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
-            self.max_offset = np.zeros_like(self.counts)
         self.num_windows = int(self.counts.sum())
         if self.num_windows == 0:
             raise ScalegptError(
