@@ -23,6 +23,7 @@ descheduled thread, and steps become several times slower (measured here: 1.19 s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -101,14 +102,19 @@ def trainer_step_fn(trainer):
 
 
 def nanogpt_step_fn(trainer, data_dir: Path):
-    """nanoGPT train.py's CPU path on the same model shape: random windows from a memmap, foreach AdamW,
-    loss.item() every iteration (log_interval=1 in its CPU command)."""
+    """nanoGPT train.py's CPU path on the same model shape: an unpadded vocabulary, logits then F.cross_entropy,
+    random windows from a memmap, AdamW's default (per-tensor loop) on CPU, loss.item() every iteration
+    (log_interval=1 in its CPU command)."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
     from scalegpt.model import GPT
 
-    model = GPT(trainer.model_config)
+    model = GPT(dataclasses.replace(trainer.model_config, pad_vocab_multiple=1))
     groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))  # nanoGPT: fused only on CUDA
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))  # nanoGPT: fused only on CUDA, so a loop
     data = np.load(next(Path(data_dir).glob("train_*.npy")), mmap_mode="r")
     B, T = trainer.config.train.micro_batch_size, trainer.seq_len
 
@@ -122,7 +128,8 @@ def nanogpt_step_fn(trainer, data_dir: Path):
 
     def step():
         x, y = state["batch"]
-        _, loss = model(x, y)
+        logits = model.lm_head(model.hidden_states(x))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1)
         state["batch"] = get_batch()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -208,12 +215,21 @@ def main() -> int:
                         help="torch threads (default: torch's choice, one per core). On a shared, oversubscribed "
                              "machine 1 thread avoids OpenMP barrier stalls that make 2 threads several times slower")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "scalegpt-bench")
+    parser.add_argument("--isa", choices=["avx2"], default=None,
+                        help="run as on a CPU without AVX-512 (the issue's machine class, ~155 GFLOP/s fp32): "
+                             "re-executes with ATen, MKL and oneDNN held to AVX2")
     args = parser.parse_args()
+    if args.isa and os.environ.get("ATEN_CPU_CAPABILITY") != args.isa:
+        # These are read when torch loads, so the process starts again with them set.
+        os.environ.update(ATEN_CPU_CAPABILITY=args.isa, MKL_ENABLE_INSTRUCTIONS=args.isa.upper(),
+                          ONEDNN_MAX_CPU_ISA=args.isa.upper())
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = args.only or ["overhead", "shakespeare", "gpt2"] + (["full"] if args.full else [])
     args.cache.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; parts: {', '.join(parts)}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels "
+          f"{torch.backends.cpu.get_cpu_capability()}; parts: {', '.join(parts)}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

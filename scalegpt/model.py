@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scalegpt.errors import ScalegptError
+from scalegpt.loss import linear_cross_entropy
 
 
 ACTIVATIONS = {"gelu_tanh": "tanh", "gelu": "none"}  # name -> nn.GELU(approximate=...)
@@ -201,14 +202,14 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy over targets != -1, or None)."""
-        logits = self.lm_head(self.hidden_states(idx, cache))
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # padded ids are never scored nor sampled
-        loss = None
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), None), or with targets (B, T) ->
+        (None, mean cross-entropy over targets != -1).
+
+        With targets the logits are never materialised: lm_head and the loss are fused (`scalegpt.loss`)."""
+        h = self.hidden_states(idx, cache)
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            return None, linear_cross_entropy(h, self.lm_head.weight, targets, self.config.vocab_size)
+        return self.lm_head(h)[..., : self.config.vocab_size], None  # padded ids are never sampled
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (the tied lm_head/wte matrix counted once), padded vocabulary rows included.

@@ -47,7 +47,9 @@ def test_targets_minus_one_are_ignored(tiny_model):
     targets = torch.randint(0, 100, (2, 10))
     targets[0, :4] = -1
     targets[1, 7:] = -1
-    logits, loss = tiny_model(idx, targets=targets)
+    logits, _ = tiny_model(idx)
+    no_logits, loss = tiny_model(idx, targets=targets)
+    assert no_logits is None  # with targets, lm_head and the loss are fused (scalegpt.loss)
     keep = targets != -1
     expected = F.cross_entropy(logits[keep], targets[keep])
     torch.testing.assert_close(loss, expected)
@@ -65,8 +67,16 @@ def test_padded_vocab_rows_never_reach_the_logits():
         before, _ = model(idx)
         model.lm_head.weight[100:] = 100.0  # rows of padded ids: would dominate any softmax if they were scored
         after, _ = model(idx)
+        _, loss_after = model(idx, targets=idx)
     assert after.shape[-1] == 100
     torch.testing.assert_close(before, after, rtol=0, atol=0)
+    torch.testing.assert_close(loss_after, F.cross_entropy(before.flatten(0, 1), idx.flatten()))
+    # Nor the training loss, and they get no gradient from it.
+    model.lm_head.weight.grad = None
+    _, loss = model(idx, targets=idx)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), loss_after)
+    assert model.lm_head.weight.grad[100:].abs().max() == 0
 
 
 def test_init_statistics():
