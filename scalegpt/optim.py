@@ -43,7 +43,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
         use_fused = fused == "true"
         if use_fused and not fused_available(device_type):
             raise ScalegptError(f"optim.fused = true, but torch {torch.__version__} has no fused AdamW for {device_type}")
-    # fused=True steps every tensor in one kernel; on CPU it measured 12x faster than the default foreach path.
+    # fused=True steps every tensor in one kernel; on CPU it stepped the 0.8M-parameter shakespeare-char model
+    # 4x faster than the default (0.44 vs 1.76 ms).
     kwargs = {"fused": True} if use_fused else {}
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
     n_decay = sum(p.numel() for p in groups[0]["params"])

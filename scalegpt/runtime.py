@@ -5,7 +5,10 @@ Each choice comes with a reason string that the trainer prints, so a run never s
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import random
+import sys
 
 import numpy as np
 import torch
@@ -68,3 +71,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS; True if it took effect.
+
+    A CPU training step frees and allocates the same large buffers every step (GPT-2 124M: its 206 MB logits, the
+    154 MB embedding gradient, 12 MB MLP activations). glibc serves every block over 32 MB, and smaller ones until its
+    threshold adapts, with a fresh mmap() that the kernel faults in and zeroes page by page on first touch, every
+    step. Served from the heap and never trimmed, the second step onward touches only pages it already has: a GPT-2
+    124M step on 2 cores went from 5.9-6.0 s to 5.4-5.7 s. The price is that the process keeps its peak memory until
+    it exits, as with the jemalloc/tcmalloc setups that PyTorch's CPU tuning guide suggests. Linux/glibc only."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -28,7 +28,7 @@ from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT, GPTConfig
 from scalegpt.optim import build_optimizer, lr_at, set_lr
-from scalegpt.runtime import autocast_context, pick_device, pick_precision, seed_everything
+from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
 from scalegpt.strategy import Strategy, make_strategy
 from scalegpt import train_state
 
@@ -94,6 +94,8 @@ class Trainer:
         self.precision, precision_reason = pick_precision(c.train.precision, self.device)
         self.strategy.precision = self.precision  # FSDP's mixed-precision policy follows it
         self.say(f"device: {self.device} ({device_reason}); precision: {self.precision} ({precision_reason})")
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on the step's large re-allocations (see its docstring)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = c.train.tf32
             torch.backends.cudnn.allow_tf32 = c.train.tf32

@@ -128,4 +128,5 @@ def test_shakespeare_preset_is_nanogpt_cpu_recipe():
     assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) == (4, 4, 128, 64)
     assert c.train.global_batch_tokens == 12 * 64 and c.train.micro_batch_size == 12
     assert c.train.max_steps == 2000 and c.schedule.decay_steps == 2000 and c.model.dropout == 0.0
-    assert c.optim.lr == 1e-3 and c.optim.lr * c.schedule.min_lr_ratio == pytest.approx(1e-4)
+    # nanoGPT's lr is 1e-3; 3e-3 reaches a lower val loss on this model (the preset's header has the sweep).
+    assert c.optim.lr == 3e-3 and c.schedule.min_lr_ratio == 0.1 and c.schedule.warmup_steps == 100

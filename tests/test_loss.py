@@ -59,3 +59,24 @@ def test_under_bf16_autocast_the_loss_stays_fp32_and_close():
     assert fused[0].dtype == torch.float32 and fused[1].dtype == hidden.dtype and fused[2].dtype == weight.dtype
     for got, want in zip(fused, reference):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+
+
+def test_tied_weight_gets_embedding_and_head_gradients():
+    # GPT ties wte to lm_head: autograd adds the embedding's gradient into the one the loss hands back (in place).
+    torch.manual_seed(0)
+    weight, idx = torch.randn(64, 16), torch.randint(0, 60, (2, 12))
+    grads = []
+    for fn in (linear_cross_entropy, plain):
+        w = weight.clone().requires_grad_()
+        fn(F.embedding(idx, w) * 2.0, w, idx.roll(-1, dims=1), 60).backward()
+        grads.append(w.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_second_backward_through_the_same_graph_is_refused():
+    # backward scales the gradients it saved in place; a second pass must fail loudly, not reuse scaled values
+    hidden = torch.randn(6, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, torch.randn(16, 8), torch.randint(0, 10, (6,)), 10)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
