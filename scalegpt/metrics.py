@@ -160,15 +160,14 @@ def peak_flops(device: torch.device, precision: str, tf32: bool) -> tuple[float,
                 if precision in ("bf16", "fp16"):
                     return low_precision, f"{name} {precision} datasheet peak"
                 return (tf32_peak, f"{name} tf32 datasheet peak") if tf32 else (fp32_peak, f"{name} fp32 peak")
-    if device.type != "cuda":
-        # Without low-precision units (measured here: bf16 8x slower than fp32) the fp32 peak is the hardware's
-        # best, so MFU stays comparable across precisions; it is also quick to measure.
-        precision = "fp32"
-    return _measured_peak(str(device), precision), f"measured {precision} matmul peak on {device.type}"
+    if device.type != "cpu":
+        precision = "fp32"  # an unknown GPU or MPS: the fp32 peak, quick to measure and comparable across runs
+    return measured_peak(device, precision), f"measured {precision} matmul peak on {device.type}"
 
 
 @functools.lru_cache(maxsize=None)
-def _measured_peak(device: str, precision: str) -> float:
+def measured_peak(device: torch.device, precision: str) -> float:
+    """measure_matmul_peak once per (device, precision) and process: the precision choice and MFU share it."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return measure_matmul_peak(torch.device(device), dtype)
 

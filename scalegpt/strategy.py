@@ -86,13 +86,13 @@ def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, 
     from scalegpt.tokenizer import check_same_tokenizer
 
     saved = read_config(directory)
+    if saved.get("tokenizer") is not None:  # first: another tokenizer also shows up as another vocab_size below
+        check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
     saved_model = saved.get("model") or {}
     differ = [f"{k}: checkpoint {saved_model.get(k)!r}, config {v!r}" for k, v in model_config.items()
               if k != "dropout" and saved_model.get(k) != v]
     if differ:
         raise ScalegptError(f"{directory}: checkpoint has another model shape than the config ({'; '.join(differ)})")
-    if saved.get("tokenizer") is not None:
-        check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
 
 
 def load_weights(model: torch.nn.Module, directory: Path) -> None:

@@ -91,7 +91,9 @@ class Trainer:
         c = self.config
         device, device_reason = pick_device(c.train.device, self.strategy.local_rank)
         self.device = self.strategy.setup(device)
-        self.precision, precision_reason = pick_precision(c.train.precision, self.device)
+        # Rank 0's choice for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
+        picked = pick_precision(c.train.precision, self.device)
+        self.precision, precision_reason = self.strategy.broadcast_object(picked)
         self.strategy.precision = self.precision  # FSDP's mixed-precision policy follows it
         self.say(f"device: {self.device} ({device_reason}); precision: {self.precision} ({precision_reason})")
         if self.device.type == "cpu":

@@ -174,3 +174,28 @@ def test_dropout_is_active_only_in_training():
     torch.testing.assert_close(model(idx)[0], model(idx)[0], rtol=0, atol=0)
     model.train()
     assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_bf16_attention_on_cpu_is_computed_in_fp32():
+    # torch's CPU flash-attention backward is ~5x slower in bf16 than in fp32, so bf16 heads are attended in fp32
+    from scalegpt.model import attention
+
+    q, k, v = (torch.randn(2, 3, 16, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(q, k, v, None, True, 0.0)
+    assert y.dtype == torch.bfloat16
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).bfloat16()
+    assert torch.equal(y, want)
+    y.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+
+
+def test_bf16_autocast_forward_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = GPT.from_preset("tiny", vocab_size=100).eval()
+    idx = torch.randint(0, 100, (2, 32))
+    with torch.no_grad():
+        want, _ = model(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = model(idx)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.05)

@@ -8,13 +8,25 @@ import textwrap
 import pytest
 import torch
 
+from scalegpt import runtime
 from scalegpt.errors import ScalegptError
 from scalegpt.runtime import pick_device, pick_precision
 
 
-def test_cpu_defaults_to_fp32_and_says_why():
-    precision, why = pick_precision("auto", torch.device("cpu"))
-    assert precision == "fp32" and "bf16" in why
+@pytest.mark.parametrize("speedup, precision, reason", [
+    (2.2, "bf16", "bf16 matmuls measured 2.2x faster than fp32"),  # AVX-512 BF16 / AMX CPUs
+    (1.2, "fp32", "measured only 1.20x faster"),
+    (0.125, "fp32", "bf16 matmuls measured 8.0x slower than fp32"),  # AVX2: bf16 is emulated
+])
+def test_cpu_auto_precision_follows_the_measured_bf16_speed(monkeypatch, speedup, precision, reason):
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: speedup)
+    picked, why = pick_precision("auto", torch.device("cpu"))
+    assert picked == precision and why.startswith("auto: ") and reason in why
+
+
+def test_cpu_bf16_speedup_is_measured_once():
+    speedup = runtime.cpu_bf16_speedup()
+    assert 0 < speedup < 100 and runtime.cpu_bf16_speedup() == speedup  # cached: one measurement per process
 
 
 def test_requested_precision_and_device_are_kept():

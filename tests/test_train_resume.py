@@ -1,4 +1,4 @@
-"""Exact resume: on CPU in fp32, every step after a resume is bit-identical to an uninterrupted run."""
+"""Exact resume: on CPU (fp32, and bf16 autocast), every step after a resume is bit-identical to an uninterrupted run."""
 from __future__ import annotations
 
 import pytest
@@ -63,3 +63,14 @@ def test_resume_of_a_finished_run_trains_nothing(uninterrupted, tiny_data, run_c
     rc, out, _ = run_cli("train", *cli_args(tiny_data, run, **RESUME), "--resume")
     assert rc == 0 and "nothing to train" in out
     assert (run / "log.txt").read_text() == before
+
+
+def test_resume_is_bit_identical_under_bf16_autocast(tmp_path, tiny_data, run_cli):
+    # What auto picks on a CPU with fast bf16 matmuls: mixed precision, fp32 weights and optimizer state.
+    bf16 = {**RESUME, "train__precision": "bf16"}
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert run_cli("train", *cli_args(tiny_data, full, **bf16))[0] == 0
+    assert run_cli("train", *cli_args(tiny_data, resumed, **{**bf16, "train__max_steps": 4}))[0] == 0
+    rc, out, err = run_cli("train", *cli_args(tiny_data, resumed, **bf16), "--resume")
+    assert rc == 0 and "precision: bf16" in out, err
+    assert_same_run(full, resumed)
