@@ -402,7 +402,6 @@ def load_dcp(model: nn.Module, optimizer, directory) -> None:
 def save_training_checkpoint(strategy: Strategy, trainer, step: int) -> Path:
     """Collective. Rank 0 writes the plain checkpoint; under FSDP every rank first writes its shards to a staging
     directory, the weights are gathered for model.safetensors, and rank 0 moves the shards in as `dcp/`."""
-    from scalegpt import config as cfg_mod
     from scalegpt import train_state
 
     final = train_state.checkpoint_dir(trainer.run_dir, step)
@@ -420,7 +419,7 @@ def save_training_checkpoint(strategy: Strategy, trainer, step: int) -> Path:
         dist.all_gather_object(state["rng_ranks"], state["rng"])  # this job's ranks' in-memory state, not a file
     if strategy.is_main:
         train_state.save_checkpoint(trainer.run_dir, step, model, trainer.tokenizer_spec, state,
-                                    cfg_mod.to_toml(trainer.config), trainer.config.checkpoint.keep_last,
+                                    trainer.checkpoint_config_toml(), trainer.config.checkpoint.keep_last,
                                     move_in={DCP_DIR: staged} if fsdp else None)
     barrier()
     return final

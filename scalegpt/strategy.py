@@ -62,13 +62,12 @@ class Strategy:
         pass
 
     def save_checkpoint(self, trainer, step: int) -> Path:
-        from scalegpt import config as cfg_mod
         from scalegpt import train_state
 
         state = trainer.state_dict()
         if self.is_main:
             train_state.save_checkpoint(trainer.run_dir, step, trainer.raw_model, trainer.tokenizer_spec, state,
-                                        cfg_mod.to_toml(trainer.config), trainer.config.checkpoint.keep_last)
+                                        trainer.checkpoint_config_toml(), trainer.config.checkpoint.keep_last)
         self.barrier()
         return train_state.checkpoint_dir(trainer.run_dir, step)
 

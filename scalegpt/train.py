@@ -11,6 +11,7 @@ and the evaluation logged at step s sees the weights after s updates (step 0: be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shutil
 import signal
@@ -91,8 +92,12 @@ class Trainer:
         c = self.config
         device, device_reason = pick_device(c.train.device, self.strategy.local_rank)
         self.device = self.strategy.setup(device)
+        kept = train_state.recorded_precision(resume_from) if c.train.precision == "auto" and resume_from else None
+        if kept:  # a resumed run computes as it started, so its steps match an uninterrupted run's
+            picked = kept, f"auto: as the run started (recorded in {resume_from})"
+        else:
+            picked = pick_precision(c.train.precision, self.device)
         # Rank 0's choice for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
-        picked = pick_precision(c.train.precision, self.device)
         self.precision, precision_reason = self.strategy.broadcast_object(picked)
         self.strategy.precision = self.precision  # FSDP's mixed-precision policy follows it
         self.say(f"device: {self.device} ({device_reason}); precision: {self.precision} ({precision_reason})")
@@ -217,6 +222,12 @@ class Trainer:
             "loader": self.loader.state_dict(), "guard": self.guard.state_dict(), "rng": train_state.rng_state(),
             "val_loss": self.val_loss,
         }
+
+    def checkpoint_config_toml(self) -> str:
+        """The config a checkpoint records: this run's, with an `auto` precision resolved to the one in use."""
+        resolved = dataclasses.replace(self.config, train=dataclasses.replace(self.config.train,
+                                                                              precision=self.precision))
+        return cfg_mod.to_toml(resolved)
 
     def save_checkpoint(self) -> Path:
         path = self.strategy.save_checkpoint(self, self.step)

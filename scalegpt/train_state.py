@@ -122,6 +122,17 @@ def _tidy(root: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def recorded_precision(directory) -> str | None:
+    """The precision a checkpoint was trained in (fp32 | bf16 | fp16), from its train_config.toml; None if unknown."""
+    from scalegpt.config import load_toml
+
+    try:
+        precision = load_toml(Path(directory) / CONFIG_FILE).get("train", {}).get("precision")
+    except (ScalegptError, OSError):
+        return None
+    return precision if precision in ("fp32", "bf16", "fp16") else None
+
+
 def load_state(directory) -> dict:
     """The trainer state of a checkpoint directory, read without ever unpickling code."""
     path = Path(directory) / STATE_FILE

@@ -74,3 +74,20 @@ def test_resume_is_bit_identical_under_bf16_autocast(tmp_path, tiny_data, run_cl
     rc, out, err = run_cli("train", *cli_args(tiny_data, resumed, **bf16), "--resume")
     assert rc == 0 and "precision: bf16" in out, err
     assert_same_run(full, resumed)
+
+
+def test_resume_keeps_the_precision_auto_picked(tmp_path, tiny_data, run_cli, monkeypatch):
+    # auto measures the CPU at start-up; a resumed run must not flip precision if a new measurement would differ
+    from scalegpt import runtime
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 2.0)
+    rc, out, err = run_cli("train", *cli_args(tiny_data, run, **{**RESUME, "train__max_steps": 4,
+                                                                  "train__precision": "auto"}))
+    assert rc == 0 and "precision: bf16 (auto: this CPU" in out, err
+    assert 'precision = "bf16"' in (run / "checkpoints" / "step_000004" / "train_config.toml").read_text()
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 0.1)
+    rc, out, err = run_cli("train", "--out", run, "--resume", "--train.max_steps", "8")
+    assert rc == 0 and "precision: bf16 (auto: as the run started" in out, err
+    rc, out, err = run_cli("train", "--out", run, "--resume", "--train.max_steps", "10", "--train.precision", "fp32")
+    assert rc == 0 and "precision: fp32 (requested" in out, err  # asking explicitly still wins
