@@ -6,10 +6,11 @@
 
 1. overhead: `Trainer.train_step` (+ its per-step logging) against a bare loop of the same model, batch and fused
    AdamW (forward, backward, clip, step, zero_grad on a batch already in memory). Target: <= 5% slower.
-2. shakespeare: configs/shakespeare-char.toml (4 layers, 128 wide, 12 x 64 tokens) ms/step and tokens/s, against
-   nanoGPT's 47.7 ms/iteration measured on this machine class, and against a nanoGPT-style loop run here in the same
-   process (same model; foreach AdamW, random-offset get_batch from a memmap, loss.item() every step, as nanoGPT's
-   train.py does on CPU), so a busy machine slows both alike. Target: >= 1.25x nanoGPT's tokens/s. Since 47.7 ms
+2. shakespeare: configs/shakespeare-char.toml (4 layers, 128 wide, 12 x 64 tokens) ms/step and tokens/s as the
+   preset runs (precision auto: bf16 on a CPU whose bf16 matmuls are fast; also timed in fp32 when so), against
+   nanoGPT's 47.7 ms/iteration measured on the issue's machine class, and against a nanoGPT-style loop run here in
+   the same process (same model in fp32; default AdamW, random-offset get_batch from a memmap, loss.item() every
+   step, as nanoGPT's train.py does on CPU), so a busy machine slows both alike. Target: >= 1.25x nanoGPT's tokens/s. Since 47.7 ms
    comes from another CPU (AVX2, ~158 GFLOP/s), the table also gives the share of this machine's measured matmul
    peak by nanoGPT's own FLOPs formula, next to the 53% that nanoGPT's 47.7 ms is of its machine's peak.
 3. gpt2: GPT-2 124M shape, fp32, batch 1 x 1024, a few full trainer steps: achieved FLOP/s (6N + attention, the

@@ -45,7 +45,7 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> tuple[torch.dev
 
 # On a CPU, auto picks bf16 when its matmuls run at least this much faster than fp32 ones. A bf16-autocast step
 # still casts activations and runs its elementwise work in fp32: with bf16 matmuls 2.1x faster (AVX-512 BF16), a
-# shakespeare-char step ran 1.44x faster. An AVX2 CPU runs bf16 matmuls ~8x slower than fp32.
+# shakespeare-char step ran 1.41-1.44x faster. An AVX2 CPU runs bf16 matmuls ~8x slower than fp32.
 CPU_BF16_MIN_SPEEDUP = 1.5
 
 
@@ -65,8 +65,9 @@ def pick_precision(requested: str, device: torch.device) -> tuple[str, str]:
         speedup = cpu_bf16_speedup()
         if speedup >= CPU_BF16_MIN_SPEEDUP:
             return "bf16", f"auto: this CPU's bf16 matmuls measured {speedup:.1f}x faster than fp32"
-        return "fp32", f"auto: this CPU's bf16 matmuls measured {1 / speedup:.1f}x slower than fp32" if speedup < 1 \
-            else f"auto: this CPU's bf16 matmuls measured only {speedup:.2f}x faster than fp32"
+        if speedup < 1:
+            return "fp32", f"auto: this CPU's bf16 matmuls measured {1 / speedup:.1f}x slower than fp32"
+        return "fp32", f"auto: this CPU's bf16 matmuls measured only {speedup:.2f}x faster than fp32"
     return "fp32", f"auto: bf16 is not faster than fp32 on {device.type}"
 
 

@@ -1,4 +1,5 @@
-"""Exact resume: on CPU (fp32, and bf16 autocast), every step after a resume is bit-identical to an uninterrupted run."""
+"""Exact resume: on CPU (fp32 and bf16 autocast), every step after a resume is bit-identical to an uninterrupted
+run."""
 from __future__ import annotations
 
 import pytest
