@@ -94,7 +94,7 @@ class Trainer:
         self.device = self.strategy.setup(device)
         kept = train_state.recorded_precision(resume_from) if c.train.precision == "auto" and resume_from else None
         if kept:  # a resumed run computes as it started, so its steps match an uninterrupted run's
-            picked = kept, f"auto: as the run started (recorded in {resume_from})"
+            picked = pick_precision(kept, self.device)[0], f"auto: as the run started (recorded in {resume_from})"
         else:
             picked = pick_precision(c.train.precision, self.device)
         # Rank 0's choice for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
