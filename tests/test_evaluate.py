@@ -93,6 +93,12 @@ DIST_SCRIPT = textwrap.dedent("""
     hs = evaluate_hellaswag(model, get_tokenizer("gpt2"), examples, batch_size=2, progress=False)
     with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
         json.dump({"loss": loss, "hellaswag": hs}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+    # as `python -m scalegpt` leaves under torchrun: C++ static destructors can abort a finished rank (SIGABRT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 """)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from scalegpt.errors import ScalegptError
@@ -44,3 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scalegpt: interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The console entry point (`scalegpt ...`, `python -m scalegpt ...`): main(), then leave with its exit code."""
+    code = main()
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+        # Under torchrun, the work is done and the process group destroyed: leave without running C++ static
+        # destructors, where a still-joinable gloo/store thread can call std::terminate and turn a finished rank's
+        # exit code 0 into SIGABRT (seen now and then on CPU/gloo, whichever way torchrun started the rank).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
