@@ -92,12 +92,8 @@ class Trainer:
         c = self.config
         device, device_reason = pick_device(c.train.device, self.strategy.local_rank)
         self.device = self.strategy.setup(device)
-        kept = train_state.recorded_precision(resume_from) if c.train.precision == "auto" and resume_from else None
-        if kept:  # a resumed run computes as it started, so its steps match an uninterrupted run's
-            picked = pick_precision(kept, self.device)[0], f"auto: as the run started (recorded in {resume_from})"
-        else:
-            picked = pick_precision(c.train.precision, self.device)
-        # Rank 0's choice for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
+        # Rank 0 chooses for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
+        picked = self._pick_precision(resume_from) if self.strategy.is_main else None
         self.precision, precision_reason = self.strategy.broadcast_object(picked)
         self.strategy.precision = self.precision  # FSDP's mixed-precision policy follows it
         self.say(f"device: {self.device} ({device_reason}); precision: {self.precision} ({precision_reason})")
@@ -126,6 +122,13 @@ class Trainer:
         self.peak_flops, peak_source = peak_flops(self.device, self.precision, c.train.tf32)
         self.flops_per_step = self.raw_model.flops_per_token(self.seq_len) * self.tokens_per_step
         self.say(f"MFU baseline: {self.peak_flops / 1e12:.2f} TFLOP/s ({peak_source})")
+
+    def _pick_precision(self, resume_from: Path | None) -> tuple[str, str]:
+        requested = self.config.train.precision
+        kept = train_state.recorded_precision(resume_from) if requested == "auto" and resume_from else None
+        if kept:  # a resumed run computes as it started, so its steps match an uninterrupted run's
+            return pick_precision(kept, self.device)[0], f"auto: as the run started (recorded in {resume_from})"
+        return pick_precision(requested, self.device)
 
     def _build_data(self) -> None:
         from scalegpt.data import DataLoader, open_dataset

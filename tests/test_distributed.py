@@ -424,8 +424,6 @@ if __name__ == "__main__":
     p.add_argument("--save-at", type=int, default=-1)
     a = p.parse_args()
     worker(a.out, a.strategy, a.steps, a.resume, a.save_at)
-    # Leave as `python -m scalegpt` does under torchrun: without C++ static destructors, where a still-joinable
-    # gloo/store thread can abort a finished rank now and then (seen here in 1 of 8 FSDP runs).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from scalegpt.cli import leave
+
+    leave(0)  # as `scalegpt` leaves under torchrun (a normal exit aborted 1 of 8 FSDP runs here)

@@ -95,10 +95,8 @@ DIST_SCRIPT = textwrap.dedent("""
         json.dump({"loss": loss, "hellaswag": hs}, f)
     dist.barrier()
     dist.destroy_process_group()
-    # as `python -m scalegpt` leaves under torchrun: C++ static destructors can abort a finished rank (SIGABRT)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from scalegpt.cli import leave
+    leave(0)  # as `scalegpt` leaves under torchrun: a normal exit can abort a finished rank (SIGABRT)
 """)
 
 

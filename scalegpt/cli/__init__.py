@@ -49,11 +49,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The console entry point (`scalegpt ...`, `python -m scalegpt ...`): main(), then leave with its exit code."""
-    code = main()
+    leave(main())
+
+
+def leave(code: int) -> None:
+    """sys.exit(code); under torchrun, os._exit(code) after flushing. There the work is done and the process group
+    destroyed, and C++ static destructors could still find a joinable gloo/store thread and call std::terminate,
+    turning a finished rank's exit code 0 into SIGABRT (seen now and then on CPU/gloo)."""
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
-        # Under torchrun, the work is done and the process group destroyed: leave without running C++ static
-        # destructors, where a still-joinable gloo/store thread can call std::terminate and turn a finished rank's
-        # exit code 0 into SIGABRT (seen now and then on CPU/gloo, whichever way torchrun started the rank).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
