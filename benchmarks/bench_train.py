@@ -10,9 +10,10 @@
    preset runs (precision auto: bf16 on a CPU whose bf16 matmuls are fast; also timed in fp32 when so), against
    nanoGPT's 47.7 ms/iteration measured on the issue's machine class, and against a nanoGPT-style loop run here in
    the same process (same model in fp32; default AdamW, random-offset get_batch from a memmap, loss.item() every
-   step, as nanoGPT's train.py does on CPU), so a busy machine slows both alike. Target: >= 1.25x nanoGPT's tokens/s. Since 47.7 ms
-   comes from another CPU (AVX2, ~158 GFLOP/s), the table also gives the share of this machine's measured matmul
-   peak by nanoGPT's own FLOPs formula, next to the 53% that nanoGPT's 47.7 ms is of its machine's peak.
+   step, as nanoGPT's train.py does on CPU), so a busy machine slows both alike. Target: >= 1.25x nanoGPT's
+   tokens/s. Since 47.7 ms comes from another CPU (AVX2, ~158 GFLOP/s), the table also gives the share of this
+   machine's measured matmul peak by nanoGPT's own FLOPs formula, next to the 53% that nanoGPT's 47.7 ms is of its
+   machine's peak.
 3. gpt2: GPT-2 124M shape, fp32, batch 1 x 1024, a few full trainer steps: achieved FLOP/s (6N + attention, the
    model's flops_per_token) as a share of the measured fp32 matmul peak. nanoGPT: 74%; target >= 80%.
 4. full (--full): the whole 2000-step shakespeare-char run through `Trainer.fit`; val loss at step 2000 (target
@@ -237,7 +238,8 @@ def bench_full(data: Path, tmp: Path) -> list[tuple[str, str, str]]:
     start = time.time()
     result = trainer.fit()
     return [("shakespeare-char 2000 steps: val loss at step 2000", f"{result.val_loss:.4f}", "<= 1.89 (nanoGPT 1.8857)"),
-            ("  wall time of the whole run (its 9 evaluations included)", f"{time.time() - start:.0f} s", "")]
+            ("  wall time of the whole run (its 9 evaluations included)", f"{time.time() - start:.0f} s",
+             "")]
 
 
 def main() -> int:

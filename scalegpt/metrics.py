@@ -162,12 +162,12 @@ def peak_flops(device: torch.device, precision: str, tf32: bool) -> tuple[float,
                 return (tf32_peak, f"{name} tf32 datasheet peak") if tf32 else (fp32_peak, f"{name} fp32 peak")
     if device.type != "cpu":
         precision = "fp32"  # an unknown GPU or MPS: the fp32 peak, quick to measure and comparable across runs
-    return measured_peak(device, precision), f"measured {precision} matmul peak on {device.type}"
+    return _measured_peak(device, precision), f"measured {precision} matmul peak on {device.type}"
 
 
 @functools.lru_cache(maxsize=None)
-def measured_peak(device: torch.device, precision: str) -> float:
-    """measure_matmul_peak once per (device, precision) and process: the precision choice and MFU share it."""
+def _measured_peak(device: torch.device, precision: str) -> float:
+    """measure_matmul_peak once per (device, precision) and process, however many trainers it builds."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return measure_matmul_peak(torch.device(device), dtype)
 
