@@ -17,9 +17,8 @@ import torch.nn.functional as F
 
 from scalegpt.errors import ScalegptError
 from scalegpt.generate import eval_mode
-from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag  # noqa: F401  (re-exported: one import site)
 
-__all__ = ["evaluate_loss", "evaluate_hellaswag", "load_hellaswag", "distributed_world"]
+__all__ = ["evaluate_loss", "distributed_world", "in_lockstep"]
 
 
 def distributed_world() -> tuple[int, int]:

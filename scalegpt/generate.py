@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from scalegpt.errors import ScalegptError
+from scalegpt.model import KVCache, unwrap
 from scalegpt.tokenizer import EOT_TEXT
 
 
@@ -63,14 +64,10 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 def model_config(model):
     """The GPTConfig of a model, looking through wrappers (DDP's .module, torch.compile's ._orig_mod)."""
-    m = model
-    while not hasattr(m, "config"):
-        inner = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
-        if inner is None:
-            raise ScalegptError(f"{type(model).__name__} has no GPT config "
-                                "(expected a scalegpt GPT or a wrapper of one)")
-        m = inner
-    return m.config
+    config = getattr(unwrap(model), "config", None)
+    if config is None:
+        raise ScalegptError(f"{type(model).__name__} has no GPT config (expected a scalegpt GPT or a wrapper of one)")
+    return config
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -100,8 +97,6 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     if idx.dim() != 2 or idx.size(1) < 1:
         raise ScalegptError(f"generate_tokens needs a (batch, time) prompt of at least one token, "
                             f"got shape {tuple(idx.shape)}")
-    from scalegpt.model import KVCache
-
     config = model_config(model)
     block = config.block_size
     check_sampling_args(temperature, top_k, top_p, config.vocab_size)

@@ -20,27 +20,9 @@ checks off (`enabled` is False) the trainer need not call it at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from scalegpt.config import GuardConfig
 from scalegpt.errors import ScalegptError
-
-
-@dataclass
-class GuardConfig:
-    skip_nonfinite: bool = True  # skip the optimizer step when the loss or the gradient norm is NaN/inf
-    max_consecutive_skips: int = 5  # abort with a clear message after this many skipped steps in a row (0: never)
-    spike_guard: bool = False  # also skip loss/grad-norm z-score outliers (as llm.c does); a lasting jump aborts
-    spike_window: int = 100  # the z-score compares against this many recent applied steps; checks start once full
-    spike_zscore: float = 6.0  # a value this many standard deviations above the window mean is a spike
-
-    def __post_init__(self):
-        if self.max_consecutive_skips < 0:
-            raise ScalegptError("guard.max_consecutive_skips must be >= 0 (0 never aborts), "
-                                f"got {self.max_consecutive_skips}")
-        if self.spike_window < 2:
-            raise ScalegptError(f"guard.spike_window must be >= 2 steps, got {self.spike_window}")
-        if not self.spike_zscore > 0:
-            raise ScalegptError(f"guard.spike_zscore must be > 0, got {self.spike_zscore}")
 
 
 # Each fp16 overflow halves the GradScaler's scale; 30 in a row take it from 2**16 to below 1e-4, where no useful

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from scalegpt._fs import atomic_file
 from scalegpt.errors import ScalegptError
 
 OFFICIAL_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -75,9 +76,8 @@ def download_official_val() -> Path:
         raise ScalegptError(f"downloaded {OFFICIAL_VAL_URL} but its content is not the expected file "
                             f"(git blob {git_blob_id(data)}, expected {OFFICIAL_VAL_GIT_BLOB})")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(data)
     return target
 
 

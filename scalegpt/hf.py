@@ -3,7 +3,7 @@
 Our parameter names are HF's (`transformer.h.0.attn.c_attn.weight`, ...), so a conversion is a key map plus a transpose:
 HF's GPT-2 uses `Conv1D` layers whose weight is stored (in, out), where `nn.Linear` stores (out, in).
 
-    load_pretrained(name_or_dir)                 -> GPT           (what GPT.from_pretrained calls)
+    load_pretrained(name_or_dir)                 -> GPT           (a checkpoint dir, an HF dir or a hub name)
     load_pretrained_with_tokenizer(name_or_dir)  -> (GPT, tokenizer spec or None)
     export_hf(model, tokenizer_spec, out_dir)    a directory transformers.AutoModelForCausalLM.from_pretrained reads
 
@@ -19,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-from scalegpt.checkpoint import (
-    read_json_object,
-    TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked, write_dir_atomically,
-)
+from scalegpt._fs import read_json_object, write_dir_atomically
+from scalegpt.checkpoint import TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked
 from scalegpt.errors import ScalegptError
-from scalegpt.model import GPT, GPTConfig
+from scalegpt.model import GPT, GPTConfig, unwrap
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -249,8 +247,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
     directory is complete."""
     from safetensors.torch import save_file
 
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     config = model.config
     if not config.bias:
         raise ScalegptError("a model with bias=False cannot be exported: the GPT-2 format always has biases")

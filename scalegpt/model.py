@@ -9,79 +9,16 @@ The model knows nothing of training, parallelism or checkpoints: those are appli
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scalegpt.config import GPTConfig, preset_config  # noqa: F401  (the model's config lives with the settings)
 from scalegpt.errors import ScalegptError
 from scalegpt.loss import linear_cross_entropy
 
 
 ACTIVATIONS = {"gelu_tanh": "tanh", "gelu": "none"}  # name -> nn.GELU(approximate=...)
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024  # longest sequence the position embedding covers
-    vocab_size: int = 50257  # the tokenizer's vocabulary; ids >= vocab_size never appear in logits
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has
-    # GPT-2 used GELU's tanh approximation ("gelu_tanh", HF's gelu_new); "gelu" is the exact erf form that nanoGPT
-    # trains with, about 2x cheaper on CPU.
-    activation: str = "gelu_tanh"
-    # The embedding matrix is padded to a multiple of this (50257 -> 50304) because matmuls with
-    # dimensions that are multiples of 64 run faster; the padded rows are sliced off the logits.
-    pad_vocab_multiple: int = 64
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ScalegptError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
-            if getattr(self, name) < 1:
-                raise ScalegptError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.activation not in ACTIVATIONS:
-            raise ScalegptError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ScalegptError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ScalegptError(f"unknown model config key(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
-
-
-# Named shapes. The GPT-2 family matches OpenAI's checkpoints; the small ones are for tests and CPU runs.
-PRESETS: dict[str, dict] = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64),  # unit tests
-    "micro": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),  # nanoGPT's CPU shakespeare-char shape
-    "mini": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # nanoGPT's GPU shakespeare-char shape
-}
-
-
-def preset_config(name: str, **overrides) -> GPTConfig:
-    if name not in PRESETS:
-        raise ScalegptError(f"unknown model preset '{name}'; expected one of {', '.join(PRESETS)}")
-    return GPTConfig(**{**PRESETS[name], **overrides})
 
 
 def attention(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_p: float) -> torch.Tensor:
@@ -173,6 +110,9 @@ class KVCache:
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        if config.vocab_size < 1:
+            raise ScalegptError("model.vocab_size must be >= 1 to build a model (0 means 'the tokenizer's' only in a "
+                                "training config)")
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -245,15 +185,13 @@ class GPT(nn.Module):
     def from_preset(cls, name: str, **overrides) -> "GPT":
         return cls(preset_config(name, **overrides))
 
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str, device: str | torch.device = "cpu") -> "GPT":
-        """Load a scalegpt checkpoint directory, a HuggingFace GPT-2 directory, or a GPT-2 name from the hub."""
-        from scalegpt.hf import load_pretrained
 
-        return load_pretrained(name_or_dir, device=device)
-
-    def save_pretrained(self, directory, tokenizer_spec: dict | None = None) -> None:
-        """Write `model.safetensors` and `config.json` (model config + tokenizer spec) into `directory`."""
-        from scalegpt.checkpoint import save_model_dir
-
-        save_model_dir(self, directory, tokenizer_spec)
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain model inside torch.compile's, DDP's and activation checkpointing's wrappers (FSDP2 wraps in place)."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(module, "module", None)
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner

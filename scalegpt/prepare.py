@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scalegpt.checkpoint import fsync_dir
+from scalegpt._fs import atomic_file, fsync_dir, write_text_atomically
 from scalegpt.errors import ScalegptError
 from scalegpt.sources import Source, discover
 from scalegpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, get_tokenizer, tokenizer_from_spec
@@ -79,18 +79,14 @@ class ShardWriter:
             return
         name = f"{self.split}_{len(self.shards):06d}.npy"
         final = self.directory / name
-        tmp = self.directory / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, self.buf[:self.fill])
-            f.flush()
-            os.fsync(f.fileno())
-        record = {"file": name, "num_tokens": int(self.fill), "sha256": file_sha256(tmp)}
-        i = len(self.shards)
-        if i < len(self.expected) and self.expected[i] != record:
-            os.remove(tmp)
-            raise ScalegptError(f"{final}: resumed run produced a different shard than the interrupted run "
-                                f"(inputs changed?); re-run with --overwrite to start afresh")
-        os.replace(tmp, final)
+        with atomic_file(final) as tmp:  # committed only if it matches what an interrupted run recorded
+            with open(tmp, "wb") as f:
+                np.save(f, self.buf[:self.fill])
+            record = {"file": name, "num_tokens": int(self.fill), "sha256": file_sha256(tmp)}
+            i = len(self.shards)
+            if i < len(self.expected) and self.expected[i] != record:
+                raise ScalegptError(f"{final}: resumed run produced a different shard than the interrupted run "
+                                    f"(inputs changed?); re-run with --overwrite to start afresh")
         self.shards.append(record)
         self.fill = 0
         self.on_shard()
@@ -272,9 +268,7 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
         # Until a re-run has regenerated them, the shards of the interrupted run stay on record for the next check.
         s = {"fingerprint": fingerprint,
              "shards": {w.split: max(w.shards, w.expected, key=len) for w in (train, val)}}
-        tmp = partial / "state.json.tmp"
-        tmp.write_text(json.dumps(s))
-        os.replace(tmp, partial / "state.json")
+        write_text_atomically(partial / "state.json", json.dumps(s))
 
     train = ShardWriter(partial, "train", dtype, shard_tokens, expected.get("train", []), lambda: save_state())
     val = ShardWriter(partial, "val", dtype, shard_tokens, expected.get("val", []), lambda: save_state())
@@ -373,9 +367,7 @@ def _finalize(out: Path, partial: Path, meta: dict, tok: Tokenizer) -> None:
             os.replace(partial / shard["file"], out / shard["file"])
     if isinstance(tok, CharTokenizer):
         tok.save(out / "tokenizer.json")
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    fsync_dir(out)
-    os.replace(tmp, out / "meta.json")
+    fsync_dir(out)  # the shards' renames are durable before meta.json names them
+    write_text_atomically(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     fsync_dir(out)
     shutil.rmtree(partial, ignore_errors=True)

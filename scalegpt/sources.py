@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from scalegpt._fs import atomic_file
 from scalegpt.errors import ScalegptError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -410,12 +411,12 @@ def download_shakespeare(dest: Path) -> Path:
     import urllib.request
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".download")
     try:
-        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r, open(tmp, "wb") as f:
-            f.write(r.read())
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
+            data = r.read()
     except OSError as e:
         raise ScalegptError(f"cannot download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}); "
                             f"offline? pass a local copy with --input input.txt") from None
-    os.replace(tmp, dest)
+    with atomic_file(dest) as tmp:
+        tmp.write_bytes(data)
     return dest

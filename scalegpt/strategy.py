@@ -1,17 +1,16 @@
-"""How training runs across processes: the default here is one process on one device.
+"""How training runs across processes: the trainer's only door to parallelism.
 
-The trainer calls only these methods for anything that changes under DDP/FSDP, so a multi-process strategy (see
-scalegpt.distributed) is a subclass that overrides them; single-process behaviour never depends on torch.distributed.
+The trainer calls these methods and nothing else for anything that changes under DDP/FSDP. `Strategy` is one process
+on one device; `DistributedStrategy` (torchrun, 2+ processes) implements the same contract with scalegpt.distributed.
 
     setup(device)                      join the process group; returns the device this rank computes on
-    wrap_model(model)                  DDP / FSDP wrapping (identity here)
+    wrap_model(model, precision)       DDP / FSDP wrapping (identity here); `kind` then says which was chosen
     no_sync(model)                     context for micro-steps whose gradients must not be synchronised yet
     clip_grad_norm(model, max_norm)    global gradient norm (all ranks agree), clipped in place
     reduce_mean(tensor)                mean over ranks (for logged losses and the guard's input)
+    any_rank(flag)                     True on every rank when true on one (stop together, skip together)
     broadcast_object(obj)              rank 0's value on every rank
-    optimizer_state_dict(model, opt)   the optimizer state to checkpoint
-    save_checkpoint(trainer, step)     write a training checkpoint (rank 0 only here); returns its directory
-    load_checkpoint(trainer, dir)      load weights into trainer.raw_model, return the saved trainer state
+    save_checkpoint(...) / load_checkpoint(...)   one code path for every world size (scalegpt.checkpoint.sharded)
     barrier(), teardown()
 """
 from __future__ import annotations
@@ -21,7 +20,10 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
+from scalegpt.checkpoint.sharded import load_training, save_training
+from scalegpt.config import DistConfig
 from scalegpt.errors import ScalegptError
 
 
@@ -29,6 +31,8 @@ class Strategy:
     rank = 0
     local_rank = 0
     world_size = 1
+    restart_count = 0  # times torchrun's elastic agent restarted this job
+    kind = "single"  # what wrap_model chose: single | ddp | fsdp
 
     @property
     def is_main(self) -> bool:
@@ -37,23 +41,23 @@ class Strategy:
     def setup(self, device: torch.device) -> torch.device:
         return device
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: nn.Module, precision: str) -> nn.Module:
         return model
 
-    def no_sync(self, model: torch.nn.Module):
+    def no_sync(self, model: nn.Module):
         return contextlib.nullcontext()
 
-    def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
     def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
+    def any_rank(self, flag: bool) -> bool:
+        return flag
+
     def broadcast_object(self, obj):
         return obj
-
-    def optimizer_state_dict(self, model, optimizer) -> dict:
-        return optimizer.state_dict()
 
     def barrier(self) -> None:
         pass
@@ -61,62 +65,69 @@ class Strategy:
     def teardown(self) -> None:
         pass
 
-    def save_checkpoint(self, trainer, step: int) -> Path:
-        from scalegpt import train_state
+    def save_checkpoint(self, run_dir, step: int, model: nn.Module, optimizer, state: dict,
+                        tokenizer_spec: dict | None, config_toml: str, keep_last: int = 0) -> Path:
+        """Write RUN_DIR/checkpoints/step_N (collective); `model` is the unwrapped (or FSDP-sharded) module."""
+        return save_training(run_dir, step, model, optimizer, state, tokenizer_spec, config_toml, keep_last)
 
-        state = trainer.state_dict()
+    def load_checkpoint(self, directory, model: nn.Module, optimizer, model_config: dict, tokenizer_spec: dict,
+                        data_dir: str) -> dict:
+        """Weights and optimizer state in place; returns the rest of the trainer state."""
+        return load_training(directory, model, optimizer, model_config, tokenizer_spec, data_dir)
+
+
+class DistributedStrategy(Strategy):
+    """The Strategy for torchrun jobs of 2+ processes: DDP or FSDP2 over NCCL (CUDA) or gloo (CPU)."""
+
+    def __init__(self, config: DistConfig):
+        from scalegpt import distributed
+
+        self.dist, self.config = distributed, config
+        self.info = distributed.init_distributed(config)
+        self.rank, self.local_rank, self.world_size = self.info.rank, self.info.local_rank, self.info.world_size
+        self.restart_count = self.info.restart_count
+        self.kind = None
+
+    def setup(self, device: torch.device) -> torch.device:
+        if device.type == "mps":
+            raise ScalegptError("torch.distributed cannot train on Apple MPS; use --device cpu or a single process")
+        # Each rank computes on its own GPU (cuda:LOCAL_RANK) whatever index was asked for; CPU tensors go over gloo.
+        self.info.device = self.info.device if device.type == "cuda" else device
+        return self.info.device
+
+    def wrap_model(self, model: nn.Module, precision: str) -> nn.Module:
+        self.kind, reason = self.dist.choose_strategy(self.config, model, self.info)
         if self.is_main:
-            train_state.save_checkpoint(trainer.run_dir, step, trainer.raw_model, trainer.tokenizer_spec, state,
-                                        trainer.checkpoint_config_toml(), trainer.config.checkpoint.keep_last)
-        self.barrier()
-        return train_state.checkpoint_dir(trainer.run_dir, step)
+            print(f"parallelism: {self.kind} over {self.world_size} ranks ({reason})", flush=True)
+        # FSDP's mixed-precision policy follows the trainer's precision.
+        return self.dist.parallelize(model, self.config, self.info, precision, self.kind)
 
-    def load_checkpoint(self, trainer, directory: Path) -> dict:
-        from scalegpt import train_state
+    def no_sync(self, model: nn.Module):
+        return self.dist.no_sync(model, is_last_micro_step=False)
 
-        check_compatible(directory, trainer.model_config.to_dict(), trainer.tokenizer_spec, trainer.config.data.dir)
-        load_weights(trainer.raw_model, directory)
-        return train_state.load_state(directory)
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        return self.dist.clip_grad_norm(model, max_norm)
 
+    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return self.dist.all_reduce_mean(value)
 
-def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, data_dir: str) -> None:
-    """A clear line when a checkpoint was trained with another model shape or another tokenizer than this run."""
-    from scalegpt.checkpoint import read_config
-    from scalegpt.tokenizer import check_same_tokenizer
+    def any_rank(self, flag: bool) -> bool:
+        return self.dist.any_rank(flag)
 
-    saved = read_config(directory)
-    if saved.get("tokenizer") is not None:  # first: another tokenizer also shows up as another vocab_size below
-        check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
-    saved_model = saved.get("model") or {}
-    differ = [f"{k}: checkpoint {saved_model.get(k)!r}, config {v!r}" for k, v in model_config.items()
-              if k != "dropout" and saved_model.get(k) != v]
-    if differ:
-        raise ScalegptError(f"{directory}: checkpoint has another model shape than the config ({'; '.join(differ)})")
+    def broadcast_object(self, obj):
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)  # between this job's own ranks, never from disk
+        return box[0]
 
+    def barrier(self) -> None:
+        self.dist.barrier()
 
-def load_weights(model: torch.nn.Module, directory: Path) -> None:
-    """safetensors weights into `model` in place (the tie between wte and lm_head kept)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from scalegpt.checkpoint import TIED_KEY, clean_state_dict, load_state_checked
-
-    path = Path(directory) / "model.safetensors"
-    try:
-        state = clean_state_dict(load_file(str(path), device="cpu"))
-    except (SafetensorError, OSError) as e:
-        raise ScalegptError(f"{path}: cannot read weights ({e})") from None
-    state[TIED_KEY] = state.get("transformer.wte.weight")
-    load_state_checked(model, state, path)
+    def teardown(self) -> None:
+        self.dist.destroy()
 
 
-def make_strategy(dist_config) -> Strategy:
+def make_strategy(dist_config: DistConfig) -> Strategy:
     """One process unless torchrun started several (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        try:
-            from scalegpt.distributed import DistributedStrategy
-        except ImportError:
-            raise ScalegptError("WORLD_SIZE > 1 (torchrun), but this scalegpt has no multi-process strategy yet; "
-                                "run a single process") from None
         return DistributedStrategy(dist_config)
     return Strategy()

@@ -3,7 +3,7 @@
 One step = `accum_steps` micro-steps of forward/backward (gradient sync only on the last one), unscale (fp16), clip,
 the guard's verdict, then the optimizer update with the step's learning rate. Everything that changes under
 multi-process training goes through a `Strategy` (process group, wrapping, no_sync, clipping, reductions, checkpoint
-I/O); the default is one process on one device, and scalegpt.distributed supplies the DDP/FSDP one.
+I/O); the default is one process on one device, and `DistributedStrategy` the DDP/FSDP one (scalegpt.strategy).
 
 Steps are counted as updates done: step 1 is the first update, `checkpoints/step_000500` holds the state after 500,
 and the evaluation logged at step s sees the weights after s updates (step 0: before any).
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 from scalegpt import config as cfg_mod
+from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
 from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
-from scalegpt.model import GPT, GPTConfig
+from scalegpt.model import GPT
 from scalegpt.optim import build_optimizer, lr_at, set_lr
 from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
 from scalegpt.strategy import Strategy, make_strategy
-from scalegpt import train_state
 
 RUN_MARKERS = ("config.toml", "log.txt", "metrics.jsonl", "checkpoints")  # what makes a directory a run directory
 
@@ -57,7 +57,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     if not run_dir.is_dir():
         raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
     if resume:
-        return train_state.latest_checkpoint(run_dir)
+        return latest_checkpoint(run_dir)
     if overwrite:
         if not any((run_dir / m).exists() for m in RUN_MARKERS):
             raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")
@@ -79,9 +79,10 @@ class Trainer:
         cfg_mod.validate(config)
         self.config, self.run_dir, self.echo = config, Path(run_dir), echo
         self.strategy = strategy if strategy is not None else make_strategy(config.dist)
-        if getattr(self.strategy, "restart_count", 0) > 0:  # torchrun --max-restarts brought the job back: continue it
+        if self.strategy.restart_count > 0:  # torchrun --max-restarts brought the job back: continue it
             resume, overwrite = True, False
         self.stop_signal: str | None = None
+        self.progress: Progress | None = None  # set by fit()
         resume_from = prepare_run_dir(self.run_dir, resume, overwrite) if self.strategy.is_main else None
         resume_from = self.strategy.broadcast_object(resume_from)
         self._build(resume_from)
@@ -95,7 +96,6 @@ class Trainer:
         # Rank 0 chooses for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
         picked = self._pick_precision(resume_from) if self.strategy.is_main else None
         self.precision, precision_reason = self.strategy.broadcast_object(picked)
-        self.strategy.precision = self.precision  # FSDP's mixed-precision policy follows it
         self.say(f"device: {self.device} ({device_reason}); precision: {self.precision} ({precision_reason})")
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults on the step's large re-allocations (see its docstring)
@@ -125,7 +125,7 @@ class Trainer:
 
     def _pick_precision(self, resume_from: Path | None) -> tuple[str, str]:
         requested = self.config.train.precision
-        kept = train_state.recorded_precision(resume_from) if requested == "auto" and resume_from else None
+        kept = recorded_precision(resume_from) if requested == "auto" and resume_from else None
         if kept:  # a resumed run computes as it started, so its steps match an uninterrupted run's
             return pick_precision(kept, self.device)[0], f"auto: as the run started (recorded in {resume_from})"
         return pick_precision(requested, self.device)
@@ -163,7 +163,7 @@ class Trainer:
                 self.say(f"no '{c.data.val_split}' split in {c.data.dir}: validation loss is off")
         self.hellaswag = None
         if c.eval.hellaswag:
-            from scalegpt.evaluate import load_hellaswag
+            from scalegpt.hellaswag import load_hellaswag
 
             self.hellaswag = load_hellaswag(c.eval.hellaswag, limit=c.eval.hellaswag_examples or None)
         self.say(f"data: {self.train_data.num_tokens:,} training tokens in {c.data.dir}; "
@@ -176,12 +176,9 @@ class Trainer:
         if c.model.vocab_size and c.model.vocab_size < vocab:
             raise ScalegptError(f"model.vocab_size ({c.model.vocab_size}) is smaller than the dataset's tokenizer "
                                 f"vocabulary ({vocab}); set it to 0 to take the tokenizer's")
-        self.model_config = GPTConfig(
-            block_size=c.model.block_size, vocab_size=c.model.vocab_size or vocab, n_layer=c.model.n_layer,
-            n_head=c.model.n_head, n_embd=c.model.n_embd, dropout=c.model.dropout, bias=c.model.bias,
-            activation=c.model.activation, pad_vocab_multiple=c.model.pad_vocab_multiple)
+        self.model_config = dataclasses.replace(c.model, vocab_size=c.model.vocab_size or vocab)
         self.raw_model = GPT(self.model_config).to(self.device)
-        self.model = self.strategy.wrap_model(self.raw_model)
+        self.model = self.strategy.wrap_model(self.raw_model, self.precision)
         self.say(f"model: {self.raw_model.num_params():,} parameters ({c.model.n_layer} layers, {c.model.n_head} heads, "
                  f"{c.model.n_embd} wide, block {c.model.block_size}, vocab {self.model_config.vocab_size})")
         use_compile = c.train.compile == "true" or (c.train.compile == "auto" and self.device.type == "cuda")
@@ -205,7 +202,7 @@ class Trainer:
     def say(self, message: str) -> None:
         if not self.strategy.is_main:
             return
-        progress = getattr(self, "progress", None)
+        progress = self.progress
         progress.write(message) if progress is not None else self.echo(message)
 
     # ------------------------------------------------------------------------------------------------ state
@@ -217,12 +214,11 @@ class Trainer:
                      s.decay_steps or c.train.max_steps, s.wsd_decay_fraction)
 
     def state_dict(self) -> dict:
-        """Everything but the weights that the next step depends on (weights_only-loadable)."""
+        """Everything but the weights and the optimizer that the next step depends on (weights_only-loadable)."""
         return {
             "step": self.step, "tokens_seen": self.tokens_seen,
-            "optimizer": self.strategy.optimizer_state_dict(self.model, self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "loader": self.loader.state_dict(), "guard": self.guard.state_dict(), "rng": train_state.rng_state(),
+            "loader": self.loader.state_dict(), "guard": self.guard.state_dict(), "rng": rng_state(),
             "val_loss": self.val_loss,
         }
 
@@ -233,26 +229,23 @@ class Trainer:
         return cfg_mod.to_toml(resolved)
 
     def save_checkpoint(self) -> Path:
-        path = self.strategy.save_checkpoint(self, self.step)
+        c = self.config
+        path = self.strategy.save_checkpoint(self.run_dir, self.step, self.raw_model, self.optimizer, self.state_dict(),
+                                             self.tokenizer_spec, self.checkpoint_config_toml(), c.checkpoint.keep_last)
         self.last_checkpoint = path
         self.guard.last_checkpoint = str(path)
         self.say(f"saved checkpoint {path}")
         return path
 
     def load_checkpoint(self, directory: Path) -> None:
-        if (Path(directory) / "dcp").is_dir() and self.strategy.world_size == 1:  # sharded by an FSDP run
-            from scalegpt.distributed import load_training_checkpoint
-
-            state = load_training_checkpoint(self.strategy, self, Path(directory))
-        else:
-            state = self.strategy.load_checkpoint(self, Path(directory))
+        state = self.strategy.load_checkpoint(directory, self.raw_model, self.optimizer, self.model_config.to_dict(),
+                                              self.tokenizer_spec, self.config.data.dir)
         try:
-            self.optimizer.load_state_dict(state["optimizer"]) if "optimizer" in state else None
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.loader.load_state_dict(state["loader"])
             self.guard.load_state_dict(state["guard"])
-            train_state.set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
             self.val_loss = state.get("val_loss")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
@@ -322,9 +315,7 @@ class Trainer:
             while self.step < max_steps and self.stop_signal is None:
                 loss, norm, lr = self.train_step()
                 if self.strategy.world_size > 1:  # a signal may reach ranks a step apart: all stop (and save) together
-                    from scalegpt.distributed import any_rank
-
-                    if any_rank(self.stop_signal is not None):
+                    if self.strategy.any_rank(self.stop_signal is not None):
                         self.stop_signal = self.stop_signal or "SIGTERM"
                 progress.after_step(loss, norm, lr)
                 last = self.step == max_steps
@@ -358,8 +349,9 @@ class Trainer:
 
         Always through raw_model (never the compiled or wrapped one), and inside fork_rng so that evaluating
         leaves the training RNG streams exactly where they were (exact resume does not depend on eval settings)."""
-        from scalegpt.evaluate import evaluate_hellaswag, evaluate_loss
         from scalegpt.data import eval_batches
+        from scalegpt.evaluate import evaluate_loss
+        from scalegpt.hellaswag import evaluate_hellaswag
 
         c, step = self.config, self.step
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -386,7 +378,7 @@ class Trainer:
                     self.run_log.line(step, "hella", result["acc_norm"])
                     self.run_log.record(step, "hella", **result, tokens_seen=self.tokens_seen)
             # Under FSDP every rank must run the forward passes (they all-gather the weights); only rank 0 prints.
-            if c.eval.samples and (self.strategy.is_main or getattr(self.strategy, "kind", None) == "fsdp"):
+            if c.eval.samples and (self.strategy.is_main or self.strategy.kind == "fsdp"):
                 self._sample(step)
         if self.run_log is not None:
             self.run_log.flush()

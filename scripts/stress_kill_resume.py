@@ -116,7 +116,7 @@ def check_loadable(ckpt: Path) -> str | None:
     """None when the checkpoint loads completely, else what is wrong."""
     from scalegpt.checkpoint import load_model_dir
     from scalegpt.errors import ScalegptError
-    from scalegpt.train_state import load_state
+    from scalegpt.checkpoint import load_state
 
     try:
         load_model_dir(ckpt)
@@ -152,7 +152,7 @@ def logged_losses(run_dir: Path) -> list[tuple[int, float, float]]:
 
 
 def final_checkpoint(run_dir: Path, steps: int) -> Path:
-    from scalegpt.train_state import checkpoint_dir
+    from scalegpt.checkpoint import checkpoint_dir
 
     return checkpoint_dir(run_dir, steps)
 

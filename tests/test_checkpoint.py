@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from scalegpt.checkpoint import (
-    clean_state_dict, is_model_dir, load_model_dir, resolve_checkpoint, save_model_dir, write_dir_atomically,
-)
+from scalegpt._fs import write_dir_atomically
+from scalegpt.checkpoint import clean_state_dict, is_model_dir, load_model_dir, resolve_checkpoint, save_model_dir
 from scalegpt.errors import ScalegptError
 from scalegpt.model import GPT, preset_config
+from scalegpt.hf import load_pretrained
 
 CHAR_SPEC = {"kind": "char", "vocab_size": 100, "eot_id": 99, "chars": "".join(chr(0x21 + i) for i in range(99))}
 
@@ -24,14 +24,14 @@ def _same_weights(a: nn.Module, b: nn.Module) -> None:
 
 
 def test_save_and_load_round_trip_exactly(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "ckpt", tokenizer_spec=CHAR_SPEC)
+    save_model_dir(tiny_model, tmp_path / "ckpt", tokenizer_spec=CHAR_SPEC)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
     assert is_model_dir(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["format"] == "scalegpt" and config["tokenizer"] == CHAR_SPEC
     assert config["model"] == tiny_model.config.to_dict()
 
-    loaded = GPT.from_pretrained(str(tmp_path / "ckpt"))
+    loaded = load_pretrained(str(tmp_path / "ckpt"))
     _same_weights(tiny_model, loaded)
     assert loaded.lm_head.weight is loaded.transformer.wte.weight  # the tie survives loading
     idx = torch.randint(0, 100, (2, 16))
@@ -44,7 +44,7 @@ def test_save_and_load_round_trip_exactly(tiny_model, tmp_path):
 def test_the_tied_matrix_is_stored_once(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    tiny_model.save_pretrained(tmp_path / "ckpt")
+    save_model_dir(tiny_model, tmp_path / "ckpt")
     keys = load_file(str(tmp_path / "ckpt" / "model.safetensors")).keys()
     assert "transformer.wte.weight" in keys and "lm_head.weight" not in keys
 
@@ -64,7 +64,7 @@ def test_wrapped_modules_save_plain_names(tiny_model, tmp_path):
 def test_resolve_checkpoint_picks_the_latest_step(tiny_model, tmp_path):
     run = tmp_path / "run"
     for step in (9, 10, 2):  # numeric order, not name order: step_10 is the latest
-        tiny_model.save_pretrained(run / "checkpoints" / f"step_{step}")
+        save_model_dir(tiny_model, run / "checkpoints" / f"step_{step}")
     (run / "checkpoints" / "step_99").mkdir()  # an incomplete directory is not a checkpoint
     assert resolve_checkpoint(run) == run / "checkpoints" / "step_10"
     assert resolve_checkpoint(run / "checkpoints" / "step_2") == run / "checkpoints" / "step_2"
@@ -91,14 +91,14 @@ def test_atomic_write_keeps_the_old_directory_on_failure(tmp_path):
 
 
 def test_vocab_that_does_not_match_the_tokenizer(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "ckpt", tokenizer_spec={"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256})
+    save_model_dir(tiny_model, tmp_path / "ckpt", tokenizer_spec={"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256})
     with pytest.raises(ScalegptError, match="model vocab_size 100 does not match its tokenizer's vocab_size 50257"):
         load_model_dir(tmp_path / "ckpt")
 
 
 def test_broken_checkpoints_give_one_clear_line(tiny_model, tmp_path):
     ckpt = tmp_path / "ckpt"
-    tiny_model.save_pretrained(ckpt)
+    save_model_dir(tiny_model, ckpt)
     config_path = ckpt / "config.json"
     good = config_path.read_text()
 
@@ -123,7 +123,7 @@ def test_broken_checkpoints_give_one_clear_line(tiny_model, tmp_path):
 
 def test_loaded_model_has_real_tensors(tmp_path):
     model = GPT(preset_config("tiny", vocab_size=65))
-    model.save_pretrained(tmp_path / "c")
+    save_model_dir(model, tmp_path / "c")
     loaded, _ = load_model_dir(tmp_path / "c")
     assert not any(p.is_meta for p in loaded.parameters())
     assert loaded.num_params() == model.num_params()

@@ -12,6 +12,8 @@ import torch
 
 import scalegpt
 from scalegpt.model import GPT, preset_config
+from scalegpt.checkpoint import save_model_dir
+from scalegpt.hf import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,8 +52,8 @@ def test_export_a_run_directory(tmp_path, run_cli):
     model = GPT(preset_config("tiny", vocab_size=50257))
     spec = {"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256}
     run = tmp_path / "run"
-    model.save_pretrained(run / "checkpoints" / "step_5", tokenizer_spec=spec)
-    model.save_pretrained(run / "checkpoints" / "step_20", tokenizer_spec=spec)
+    save_model_dir(model, run / "checkpoints" / "step_5", tokenizer_spec=spec)
+    save_model_dir(model, run / "checkpoints" / "step_20", tokenizer_spec=spec)
     rc, out, err = run_cli("export", "--checkpoint", run, "--out", tmp_path / "hf")
     assert rc == 0, err
     assert "step_20" in out and "tokenizer gpt2" in out
@@ -59,7 +61,7 @@ def test_export_a_run_directory(tmp_path, run_cli):
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_positions"] == 64
 
-    again = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    again = load_pretrained(str(tmp_path / "hf")).eval()
     idx = torch.randint(0, 50257, (1, 10))
     with torch.no_grad():
         assert torch.equal(again(idx)[0], model.eval()(idx)[0])
@@ -77,13 +79,13 @@ def test_export_bad_inputs_are_one_line(tmp_path, run_cli):
     _one_error_line(err, "nope", "no such checkpoint or run directory")
 
     # a checkpoint whose model vocabulary does not match its tokenizer's
-    GPT(preset_config("tiny", vocab_size=100)).save_pretrained(
-        tmp_path / "ckpt", tokenizer_spec={"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256})
+    save_model_dir(GPT(preset_config("tiny", vocab_size=100)),
+                   tmp_path / "ckpt", tokenizer_spec={"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256})
     rc, _, err = run_cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "o")
     assert rc == 2
     _one_error_line(err, "model vocab_size 100 does not match its tokenizer's vocab_size 50257")
 
-    GPT(preset_config("tiny", vocab_size=100, bias=False)).save_pretrained(tmp_path / "nobias")
+    save_model_dir(GPT(preset_config("tiny", vocab_size=100, bias=False)), tmp_path / "nobias")
     rc, _, err = run_cli("export", "--checkpoint", tmp_path / "nobias", "--out", tmp_path / "o")
     assert rc == 2
     _one_error_line(err, "bias=False cannot be exported")

@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalegpt.checkpoint import sharded as S
+from scalegpt.config import DistConfig
+
 HERE = Path(__file__).resolve()
 TIMEOUT = 120  # seconds for one torchrun job
 GLOBAL_SEQS, SEQ, VOCAB = 8, 16, 100  # the worker's batch
@@ -244,7 +247,7 @@ def test_bad_input_stops_every_rank(setup, args, message):
 # ------------------------------------------------------------------------------------------------ module level
 
 def test_unknown_strategy_names_the_valid_ones():
-    from scalegpt.distributed import DistConfig
+    from scalegpt.config import DistConfig
     from scalegpt.errors import ScalegptError
 
     with pytest.raises(ScalegptError, match="auto, ddp, fsdp"):
@@ -256,7 +259,7 @@ def test_fsdp_refuses_fp16(tiny_model):
     from scalegpt.errors import ScalegptError
 
     with pytest.raises(ScalegptError, match="fsdp does not support precision fp16"):
-        D.parallelize(tiny_model, D.DistConfig(), D.DistInfo(world_size=2), "fp16", "fsdp")
+        D.parallelize(tiny_model, DistConfig(), D.DistInfo(world_size=2), "fp16", "fsdp")
 
 
 def test_one_process_has_no_process_group(monkeypatch):
@@ -266,11 +269,11 @@ def test_one_process_has_no_process_group(monkeypatch):
 
     for k in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
-    info = D.init_distributed(D.DistConfig(), "cpu")
+    info = D.init_distributed(DistConfig(), "cpu")
     assert (info.rank, info.world_size, info.is_main, info.device.type) == (0, 1, True, "cpu")
     assert not dist.is_initialized()
     assert D.all_reduce_mean(2.5) == 2.5 and D.any_rank(True)
-    assert D.choose_strategy(D.DistConfig(strategy="fsdp"), None, info)[0] == "single"
+    assert D.choose_strategy(DistConfig(strategy="fsdp"), None, info)[0] == "single"
 
 
 def test_more_processes_than_gpus_is_refused_before_any_collective(monkeypatch):
@@ -285,7 +288,7 @@ def test_more_processes_than_gpus_is_refused_before_any_collective(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ScalegptError, match="launched 4 processes per node but this machine has 2 GPU"):
-        D.init_distributed(D.DistConfig())
+        D.init_distributed(DistConfig())
     assert not dist.is_initialized()
 
 
@@ -293,9 +296,9 @@ def test_auto_strategy_follows_the_memory_formula(monkeypatch, tiny_model):
     from scalegpt import distributed as D
 
     info = D.DistInfo(world_size=2)
-    assert D.choose_strategy(D.DistConfig(), tiny_model, info)[0] == "ddp"
+    assert D.choose_strategy(DistConfig(), tiny_model, info)[0] == "ddp"
     monkeypatch.setattr(D, "BYTES_PER_PARAM", 1 << 40)  # as if each parameter needed a terabyte
-    name, reason = D.choose_strategy(D.DistConfig(), tiny_model, info)
+    name, reason = D.choose_strategy(DistConfig(), tiny_model, info)
     assert name == "fsdp" and "exceeds" in reason
 
 
@@ -316,7 +319,6 @@ def test_activation_checkpointing_keeps_names_and_gradients(tiny_model):
 
 
 def test_dcp_metadata_is_never_unpickled_blindly(tmp_path):
-    from scalegpt import distributed as D
     from scalegpt.errors import ScalegptError
 
     class Payload:
@@ -325,7 +327,7 @@ def test_dcp_metadata_is_never_unpickled_blindly(tmp_path):
 
     (tmp_path / ".metadata").write_bytes(pickle.dumps(Payload()))
     with pytest.raises(ScalegptError, match="refusing to load"):
-        D.read_dcp_metadata(tmp_path)
+        S.read_dcp_metadata(tmp_path)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -344,7 +346,6 @@ def test_worker_fsdp_checkpoint_loads_into_ddp_and_refuses_another_shape(tmp_pat
     assert resumed["strategy"] == "ddp"
     assert_same_curve(dict(enumerate(single)), dict(enumerate(resumed["losses"], start=3)), range(3, 6))
 
-    from scalegpt import distributed as D
     from scalegpt.errors import ScalegptError
     from scalegpt.model import GPT, preset_config
     from scalegpt.optim import build_optimizer
@@ -352,7 +353,7 @@ def test_worker_fsdp_checkpoint_loads_into_ddp_and_refuses_another_shape(tmp_pat
     wide = GPT(preset_config("tiny", vocab_size=VOCAB, n_embd=64))
     opt, _ = build_optimizer(wide, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
     with pytest.raises(ScalegptError, match="has shape"):
-        D.load_dcp(wide, opt, tmp_path / "fsdp/step_3/dcp")
+        S.load_dcp(wide, opt, tmp_path / "fsdp/step_3/dcp")
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -372,7 +373,7 @@ def worker(out: Path, strategy: str, steps: int, resume: str | None, save_at: in
     from scalegpt.model import GPT, preset_config
     from scalegpt.optim import build_optimizer
 
-    cfg = D.DistConfig(strategy=strategy)
+    cfg = DistConfig(strategy=strategy)
     info = D.init_distributed(cfg, "cpu")
     torch.manual_seed(0)
     model = GPT(preset_config("tiny", vocab_size=VOCAB))
@@ -381,7 +382,7 @@ def worker(out: Path, strategy: str, steps: int, resume: str | None, save_at: in
     optimizer, _ = build_optimizer(model, 1e-2, 0.1, (0.9, 0.95), 1e-8, "cpu")
     start = 0
     if resume:
-        D.load_dcp(model, optimizer, Path(resume) / "dcp")
+        S.load_dcp(model, optimizer, Path(resume) / "dcp")
         start = json.loads((Path(resume) / "step.json").read_text())["step"]
     n_micro = 2  # gradient accumulation: DDP/FSDP sync only on the second micro-step
     losses, norms = [], []
@@ -398,7 +399,7 @@ def worker(out: Path, strategy: str, steps: int, resume: str | None, save_at: in
         optimizer.zero_grad(set_to_none=True)
         losses.append(D.all_reduce_mean(total.item()))
         if step + 1 == save_at:
-            D.save_dcp(model, optimizer, out / f"step_{save_at}" / "dcp")
+            S.save_dcp(model, optimizer, out / f"step_{save_at}" / "dcp")
             if info.is_main:
                 (out / f"step_{save_at}" / "step.json").write_text(json.dumps({"step": save_at}))
     if info.world_size > 1:

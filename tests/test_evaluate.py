@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from scalegpt.errors import ScalegptError
+from scalegpt.checkpoint import save_model_dir
 from scalegpt.evaluate import evaluate_loss
 from scalegpt.model import GPT, preset_config
+from scalegpt.checkpoint import save_model_dir
 
 
 def test_zero_weights_give_uniform_loss(tiny_model):
@@ -64,7 +66,8 @@ def test_no_batches_is_an_error(tiny_model):
 DIST_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch, torch.distributed as dist
-    from scalegpt.evaluate import evaluate_loss, evaluate_hellaswag, load_hellaswag
+    from scalegpt.evaluate import evaluate_loss
+    from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag
     from scalegpt.model import GPT, preset_config
     from scalegpt.tokenizer import get_tokenizer
     dist.init_process_group("gloo")
@@ -116,7 +119,7 @@ def test_ranks_in_lockstep_under_torchrun(tmp_path, data_dir):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0] == results[1]
 
-    from scalegpt.evaluate import evaluate_hellaswag, load_hellaswag
+    from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag
     from scalegpt.tokenizer import get_tokenizer
 
     torch.manual_seed(0)
@@ -153,7 +156,7 @@ def test_cli_eval_loss_matches_the_function(run_cli, tmp_path, char_dataset):
 
     ds = open_dataset(char_dataset, split="val")
     model = GPT(preset_config("tiny", vocab_size=ds.tokenizer_spec["vocab_size"]))
-    model.save_pretrained(tmp_path / "run" / "checkpoints" / "step_000001", tokenizer_spec=ds.tokenizer_spec)
+    save_model_dir(model, tmp_path / "run" / "checkpoints" / "step_000001", tokenizer_spec=ds.tokenizer_spec)
     rc, out, err = run_cli("eval", "loss", "--checkpoint", tmp_path / "run", "--data", char_dataset,
                            "--tokens", "1000", "--batch-size", "4")
     assert rc == 0, err
@@ -168,7 +171,7 @@ def test_cli_eval_loss_matches_the_function(run_cli, tmp_path, char_dataset):
 
 def test_cli_eval_loss_rejects_another_tokenizer(run_cli, tmp_path, char_dataset):
     model = GPT(preset_config("tiny", vocab_size=50257))
-    model.save_pretrained(tmp_path / "ckpt", tokenizer_spec={"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256})
+    save_model_dir(model, tmp_path / "ckpt", tokenizer_spec={"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256})
     rc, out, err = run_cli("eval", "loss", "--checkpoint", tmp_path / "ckpt", "--data", char_dataset)
     assert rc == 2 and out == ""
     assert err.startswith("scalegpt: error: tokenizer mismatch") and len(err.strip().splitlines()) == 1

@@ -13,6 +13,7 @@ from scalegpt.generate import (
 )
 from scalegpt.model import GPT, GPTConfig, preset_config
 from scalegpt.tokenizer import CharTokenizer, get_tokenizer
+from scalegpt.checkpoint import save_model_dir
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
 
@@ -220,7 +221,7 @@ def test_stream_decoder_holds_back_split_utf8():
 @pytest.fixture
 def char_checkpoint(tmp_path, char_tok, char_model):
     run = tmp_path / "run"
-    char_model.save_pretrained(run / "checkpoints" / "step_000005", tokenizer_spec=char_tok.spec())
+    save_model_dir(char_model, run / "checkpoints" / "step_000005", tokenizer_spec=char_tok.spec())
     return run
 
 
@@ -258,7 +259,7 @@ def test_cli_sample_bad_arguments(run_cli, char_checkpoint, extra, match):
 
 
 def test_cli_sample_needs_a_tokenizer_spec(run_cli, tmp_path, char_model):
-    char_model.save_pretrained(tmp_path / "ckpt")  # no tokenizer spec
+    save_model_dir(char_model, tmp_path / "ckpt")  # no tokenizer spec
     rc, _, err = run_cli("sample", "--checkpoint", tmp_path / "ckpt")
     assert rc == 2 and "no tokenizer spec" in err
     rc, _, err = run_cli("sample", "--checkpoint", tmp_path / "nowhere")

@@ -249,7 +249,7 @@ def test_trainer_skips_nan_loss_and_nan_grad_steps(char_data, tmp_path):
 def test_a_skipped_step_leaves_weights_and_optimizer_untouched(char_data, tmp_path):
     from scalegpt.checkpoint import load_model_dir
     from scalegpt.train import Trainer
-    from scalegpt.train_state import load_state
+    from scalegpt.checkpoint import load_state
 
     trainer = Trainer(_tiny_run_config(char_data, 3), tmp_path / "run", echo=lambda s: None)
     _poison(trainer, {3}, "loss")

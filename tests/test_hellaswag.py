@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from scalegpt.errors import ScalegptError
-from scalegpt.evaluate import evaluate_hellaswag, load_hellaswag
+from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag
 from scalegpt.hellaswag import hellaswag_scores
 from scalegpt.model import GPT, preset_config
 from scalegpt.tokenizer import get_tokenizer
+from scalegpt.checkpoint import save_model_dir
 
 SAMPLE_LABELS = [3, 3, 2, 2, 1, 1, 2, 0, 1, 1]
 
@@ -191,7 +192,7 @@ GPT2_SPEC = {"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256}
 
 def test_cli_hellaswag_checkpoint(run_cli, tmp_path, data_dir, sample, gpt2_tok):
     model = gpt2_model(128)
-    model.save_pretrained(tmp_path / "run" / "checkpoints" / "step_000100", tokenizer_spec=GPT2_SPEC)
+    save_model_dir(model, tmp_path / "run" / "checkpoints" / "step_000100", tokenizer_spec=GPT2_SPEC)
     rc, out, err = run_cli("eval", "hellaswag", "--checkpoint", tmp_path / "run",
                            "--file", data_dir / "hellaswag_val_sample.jsonl", "--batch-size", "3")
     assert rc == 0, err
@@ -221,11 +222,11 @@ def test_cli_hellaswag_hf_directory(run_cli, tmp_path, data_dir, sample, gpt2_to
 
 def test_cli_hellaswag_errors(run_cli, tmp_path, data_dir):
     model = gpt2_model(64)
-    model.save_pretrained(tmp_path / "ckpt", tokenizer_spec=GPT2_SPEC)
+    save_model_dir(model, tmp_path / "ckpt", tokenizer_spec=GPT2_SPEC)
     rc, out, err = run_cli("eval", "hellaswag", "--checkpoint", tmp_path / "ckpt", "--file", data_dir / "README.md")
     assert rc == 2 and out == ""
     assert re.match(r"scalegpt: error: .*README\.md:\d+: .*not a HellaSwag file", err) and len(err.splitlines()) == 1
-    model.save_pretrained(tmp_path / "nospec")
+    save_model_dir(model, tmp_path / "nospec")
     rc, _, err = run_cli("eval", "hellaswag", "--checkpoint", tmp_path / "nospec",
                          "--file", data_dir / "hellaswag_val_sample.jsonl")
     assert rc == 2 and "no tokenizer spec" in err

@@ -11,6 +11,8 @@ from scalegpt.errors import ScalegptError
 from scalegpt.hf import export_hf, load_pretrained_with_tokenizer
 from scalegpt.model import GPT, GPTConfig, preset_config
 from scalegpt.tokenizer import get_tokenizer
+from scalegpt.checkpoint import save_model_dir
+from scalegpt.hf import load_pretrained
 
 transformers = pytest.importorskip("transformers")  # the `dev` extra installs it; CI must have it
 
@@ -50,7 +52,7 @@ def _our_logits(model, idx):
 
 
 def test_load_hf_safetensors_dir_matches_transformers(hf_model, hf_dir):
-    model = GPT.from_pretrained(str(hf_dir))
+    model = load_pretrained(str(hf_dir))
     assert model.config.vocab_size == VOCAB and model.config.block_size == 64
     assert model.config.padded_vocab_size == 256
     idx = torch.randint(0, VOCAB, (2, 64))
@@ -68,7 +70,7 @@ def test_load_pytorch_model_bin_with_legacy_names(hf_model, hf_dir, tmp_path):
     state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
     state["h.0.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save(state, d / "pytorch_model.bin")
-    model = GPT.from_pretrained(str(d))
+    model = load_pretrained(str(d))
     idx = torch.randint(0, VOCAB, (3, 40))
     assert (_our_logits(model, idx) - _hf_logits(hf_model, idx)).abs().max() <= 1e-4
 
@@ -86,7 +88,7 @@ def test_a_malicious_pickle_is_never_executed(hf_dir, tmp_path):
     with open(d / "pytorch_model.bin", "wb") as f:
         pickle.dump({"transformer.wte.weight": Evil()}, f, protocol=2)
     with pytest.raises(ScalegptError, match=r"pytorch_model.bin: cannot read .*weights_only=True"):
-        GPT.from_pretrained(str(d))
+        load_pretrained(str(d))
     assert not marker.exists()
 
 
@@ -97,7 +99,7 @@ def test_export_loads_in_transformers_with_identical_logits(tmp_path, activation
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["architectures"] == ["GPT2LMHeadModel"]
     assert config["activation_function"] == hf_activation
-    assert GPT.from_pretrained(str(out)).config.activation == activation
+    assert load_pretrained(str(out)).config.activation == activation
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert type(hf).__name__ == "GPT2LMHeadModel"
     idx = torch.randint(0, VOCAB, (2, 64))
@@ -126,7 +128,7 @@ def test_export_import_round_trip_is_exact(tmp_path, shakespeare_text):
 def test_hf_import_export_round_trip_is_exact(hf_dir, tmp_path):
     from safetensors.torch import load_file
 
-    model = GPT.from_pretrained(str(hf_dir))
+    model = load_pretrained(str(hf_dir))
     export_hf(model, None, tmp_path / "again")
     original = load_file(str(hf_dir / "model.safetensors"))
     exported = load_file(str(tmp_path / "again" / "model.safetensors"))
@@ -184,28 +186,28 @@ def _write_config(d, **changes):
 def test_other_architectures_and_unsupported_options_are_refused(hf_dir, tmp_path):
     llama = _write_config(tmp_path / "llama", model_type="llama", architectures=["LlamaForCausalLM"])
     with pytest.raises(ScalegptError, match="model_type 'llama' .* only GPT-2"):
-        GPT.from_pretrained(str(llama))
+        load_pretrained(str(llama))
     with pytest.raises(ScalegptError, match="layer_norm_epsilon must be 1e-05"):
-        GPT.from_pretrained(str(_write_config(tmp_path / "eps", layer_norm_epsilon=1e-6)))
+        load_pretrained(str(_write_config(tmp_path / "eps", layer_norm_epsilon=1e-6)))
     with pytest.raises(ScalegptError, match="activation_function must be one of gelu_new, gelu_pytorch_tanh, gelu, got 'relu'"):
-        GPT.from_pretrained(str(_write_config(tmp_path / "act", activation_function="relu")))
+        load_pretrained(str(_write_config(tmp_path / "act", activation_function="relu")))
     with pytest.raises(ScalegptError, match="tie_word_embeddings' must be true"):
-        GPT.from_pretrained(str(_write_config(tmp_path / "tie", tie_word_embeddings=False)))
+        load_pretrained(str(_write_config(tmp_path / "tie", tie_word_embeddings=False)))
     with pytest.raises(ScalegptError, match="no weights found"):
-        GPT.from_pretrained(str(_write_config(tmp_path / "empty")))
+        load_pretrained(str(_write_config(tmp_path / "empty")))
     bad_shapes = _write_config(tmp_path / "shapes", vocab_size=VOCAB, n_positions=64, n_layer=2, n_embd=64)
     (bad_shapes / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes())
     with pytest.raises(ScalegptError, match="has shape"):
-        GPT.from_pretrained(str(bad_shapes))
+        load_pretrained(str(bad_shapes))
 
 
 def test_names_and_paths_that_do_not_exist(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "ours")
+    save_model_dir(tiny_model, tmp_path / "ours")
     (tmp_path / "ours" / "model.safetensors").unlink()
     with pytest.raises(ScalegptError, match="ours/model.safetensors: cannot read weights"):
-        GPT.from_pretrained(str(tmp_path / "ours"))  # reported as our checkpoint, not as a foreign architecture
+        load_pretrained(str(tmp_path / "ours"))  # reported as our checkpoint, not as a foreign architecture
     with pytest.raises(ScalegptError, match="no such model directory; expected a scalegpt checkpoint directory"):
-        GPT.from_pretrained(str(tmp_path / "missing"))
+        load_pretrained(str(tmp_path / "missing"))
     # Offline (the tests switch the hub off), a hub name fails fast with a way forward.
     with pytest.raises(ScalegptError, match="cannot download 'gpt2-xl'.*pass a local directory"):
-        GPT.from_pretrained("gpt2-xl")
+        load_pretrained("gpt2-xl")

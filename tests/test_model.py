@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from scalegpt.errors import ScalegptError
-from scalegpt.model import GPT, PRESETS, GPTConfig, KVCache, preset_config
+from scalegpt.config import PRESETS
+from scalegpt.model import GPT, GPTConfig, KVCache, preset_config
 
 
 def test_forward_shapes_and_initial_loss(tiny_model):

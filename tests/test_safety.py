@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalegpt import checkpoint
-from scalegpt.checkpoint import load_model_dir, save_model_dir, write_dir_atomically
+from scalegpt import _fs
+from scalegpt.checkpoint import model_dir
+from scalegpt._fs import write_dir_atomically
+from scalegpt.checkpoint import load_model_dir, save_model_dir
 from scalegpt.errors import ScalegptError
 from scalegpt.model import GPT, preset_config
 
@@ -94,7 +96,7 @@ def test_safetensors_with_a_pickle_inside_is_not_unpickled(tmp_path):
 def _raise_on_save(monkeypatch, err: int):
     def refuse(*args, **kwargs):
         raise OSError(err, os.strerror(err))
-    monkeypatch.setattr(checkpoint, "write_model_files", refuse)
+    monkeypatch.setattr(model_dir, "write_model_files", refuse)
 
 
 @pytest.mark.parametrize("err, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system"),
@@ -123,7 +125,7 @@ def test_failed_rename_puts_the_previous_version_back(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(_fs.os, "replace", replace)
     with pytest.raises(ScalegptError, match="read-only"):
         save_model_dir(_tiny(1), d)
     monkeypatch.undo()
@@ -334,7 +336,7 @@ def test_leftovers_of_killed_writers_are_tidied_and_a_displaced_checkpoint_is_re
     """A SIGKILL mid-write leaves `.step_N.tmp-PID`; one between the two renames of a same-step rewrite leaves the
     previous version as `.step_N.old-PID` with no step_N. The next save removes the first and restores the second."""
     from scalegpt.model import GPT, preset_config
-    from scalegpt.train_state import list_checkpoints, save_checkpoint
+    from scalegpt.checkpoint.train_state import list_checkpoints, save_checkpoint
 
     model = GPT(preset_config("tiny", vocab_size=50))
     run = tmp_path / "run"

@@ -28,7 +28,7 @@ def test_three_kills_and_resumes_end_bit_identical(tmp_path):
 def test_the_checker_notices_a_broken_checkpoint(tmp_path):
     # The stress test is only as good as its checker: a damaged checkpoint must be reported, not passed.
     from scalegpt.model import GPT, preset_config
-    from scalegpt.train_state import save_checkpoint
+    from scalegpt.checkpoint.train_state import save_checkpoint
 
     stress = _script_module()
     model = GPT(preset_config("tiny", vocab_size=100))

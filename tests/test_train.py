@@ -170,7 +170,7 @@ def test_fp16_grad_scaler_skips_overflow_then_steps(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, tiny_data, monkeypatch, failure):
-    from scalegpt import train_state
+    from scalegpt.checkpoint import train_state
     from scalegpt.checkpoint import load_model_dir
 
     run = tmp_path / "run"

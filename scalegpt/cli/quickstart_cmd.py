@@ -1,7 +1,7 @@
 """scalegpt quickstart [--recipe stdlib|shakespeare] [--input FILE_OR_DIR...] [--out RUN_DIR] [--max-steps N]
 
 The whole path in one command, offline, on CPU: prepare a corpus (by default the Python standard library's own source
-files, present wherever Python is), train configs/quickstart.toml, sample, and say where everything is."""
+files, present wherever Python is), train the shipped quickstart preset (scalegpt/configs/quickstart.toml), sample, and say where everything is."""
 from __future__ import annotations
 
 import shlex
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 STDLIB_MAX_BYTES = 4_000_000  # the top-level stdlib modules, sorted by name, up to this size: a few minutes of data
-QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.toml"
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.toml"  # package data
 
 
 def register(sub) -> None:

@@ -1,11 +1,10 @@
-"""scalegpt train --config configs/X.toml [--section.key VALUE ...] [--out RUN_DIR] [--resume | --overwrite] [--device D]
+"""scalegpt train --config configs/X.toml|PRESET [--section.key VALUE ...] [--out RUN_DIR] [--resume | --overwrite] [--device D]
 
 Every config field is also a command-line option (`--optim.lr 3e-4`); `scalegpt train --help` lists them all with
 their docs, read from scalegpt/config.py."""
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 
 DEST_PREFIX = "config:"
@@ -22,7 +21,8 @@ def register(sub) -> None:
                "--out runs/shakespeare\n  scalegpt train --out runs/shakespeare --resume\n"
                "  torchrun --standalone --nproc_per_node=8 -m scalegpt train --config configs/gpt2-124m.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="a TOML file ([model], [train], ... sections); see configs/")
+    p.add_argument("--config", help="a TOML file ([model], [train], ... sections), or the name of a shipped preset "
+                   "(quickstart, shakespeare-char, gpt2-124m; see configs/)")
     p.add_argument("--out", help="the run directory (default: runs/<config name>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
@@ -38,6 +38,9 @@ def register(sub) -> None:
         default = repr(f.default) if isinstance(f.default, str) else f.default
         groups[f.section].add_argument(f"--{f.key}", dest=DEST_PREFIX + f.key, metavar=metavar,
                                        default=argparse.SUPPRESS, help=f"{f.doc} (default {default})")
+    groups["model"].add_argument("--model.preset", dest=DEST_PREFIX + "model.preset", metavar="NAME",
+                                 default=argparse.SUPPRESS, help="a named shape (gpt2, gpt2-medium, ..., tiny); "
+                                 "model keys given beside it win")
     p.set_defaults(func=run_train)
     _suggest_on_unknown(p)
 
@@ -69,16 +72,10 @@ def _unknown_message(parser: argparse.ArgumentParser, extras: list[str]) -> str:
         return f"unexpected argument {extras[0]!r}; options look like --section.key VALUE"
     name = unknown[0].split("=", 1)[0]
     options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
-    from scalegpt.config import KNOWN_ALIASES
+    from scalegpt.config import PRESET_KEY, suggest
 
-    alias = KNOWN_ALIASES.get(name.lstrip("-").split(".")[-1])
-    if alias is not None:
-        return f"unknown option {name}; did you mean --{alias.lstrip('-')}?"
-    # The right key in the wrong section ("--lr") first, then spelling.
-    close = [o for o in options if "." in o and o.split(".")[-1] == name.lstrip("-").split(".")[-1]][:1]
-    close = close or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; see scalegpt train --help for every option"
-    return f"unknown option {name}{hint}"
+    hint = suggest(name, [o[2:] for o in options] + [PRESET_KEY], prefix="--").replace("'", "")
+    return f"unknown option {name}{hint or '; see scalegpt train --help for every option'}"
 
 
 def config_overrides(args) -> list[tuple[str, str]]:

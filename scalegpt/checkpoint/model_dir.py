@@ -1,21 +1,20 @@
 """Checkpoints on disk: directories of safetensors weights + JSON config, written atomically, never pickles.
 
-A model directory (what `GPT.save_pretrained` writes and `scalegpt export` starts from):
+A model directory (what `save_model_dir` writes and `scalegpt export` starts from):
     model.safetensors   the unwrapped module's weights (the tied lm_head stored once, as transformer.wte.weight)
     config.json         {"format": "scalegpt", "model": GPTConfig fields, "tokenizer": tokenizer spec}
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-import re
-import shutil
 from pathlib import Path
 
 import torch
 
+from scalegpt._fs import read_json_object, write_dir_atomically
 from scalegpt.errors import ScalegptError
+from scalegpt.model import GPT, GPTConfig, unwrap
+from scalegpt.tokenizer import check_same_tokenizer
 
 FORMAT = "scalegpt"
 TIED_KEY = "lm_head.weight"  # shares storage with transformer.wte.weight; saved once
@@ -32,100 +31,6 @@ def clean_state_dict(state: dict) -> dict:
     return out
 
 
-def write_dir_atomically(final: Path, write_into) -> None:
-    """Call write_into(tmp_dir), then rename tmp_dir to `final`: a crash midway never leaves `final` half-written.
-
-    An existing `final` is replaced only after the new directory is complete on disk."""
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    except OSError as e:
-        if e.errno in _WRITE_ERRNOS:
-            raise ScalegptError(_write_error(final, e)) from None
-        raise
-    try:
-        write_into(tmp)
-        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if old is not None:  # put the previous version back rather than leave no `final` at all
-                os.replace(old, final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        fsync_dir(final.parent)
-    except BaseException as e:
-        # Diagnose before rmtree frees the space; a ScalegptError from write_into is already the clear message.
-        why = _write_error(final, e) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
-        shutil.rmtree(tmp, ignore_errors=True)
-        if why is not None:
-            raise ScalegptError(why) from None
-        raise
-
-
-# errno values that mean "this disk cannot take the write". A bare "[Errno 28]" buried in a traceback is easy to
-# misread as a bug in the trainer, and the writers report it differently: Python raises OSError, safetensors a
-# SafetensorError naming "(os error 28)", torch.save a RuntimeError with a strerror or only "unexpected pos".
-_WRITE_ERRNOS = {
-    errno.ENOSPC: "disk full",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied (read-only directory?)",
-    errno.EPERM: "permission denied (read-only directory?)",
-}
-_LOW_SPACE_BYTES = 1 << 20
-
-
-def _write_error(final: Path, e: Exception) -> str | None:
-    """A one-line message when `e` means the disk refused the write, else None (the original error is re-raised)."""
-    code = e.errno if isinstance(e, OSError) else None
-    if code is None:
-        text = str(e)
-        m = re.search(r"os error (\d+)", text)
-        if m:
-            code = int(m.group(1))
-        else:
-            code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in text), None)
-    what = _WRITE_ERRNOS.get(code)
-    if what is None and not isinstance(e, OSError):
-        try:
-            st = os.statvfs(final.parent)
-            if st.f_bavail * st.f_frsize < _LOW_SPACE_BYTES:
-                what = "disk full"
-        except OSError:
-            pass
-    if what is None:
-        return None
-    detail = " ".join(str(e).split())
-    return f"cannot write checkpoint {final}: {what} ({detail}); any previous checkpoint is untouched"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (best effort: not every filesystem allows fsync on a directory)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_model_files(model, directory: Path, tokenizer_spec: dict | None) -> None:
     """Write model.safetensors and config.json into an existing directory (no atomicity here)."""
     from safetensors.torch import save_file
@@ -140,23 +45,8 @@ def write_model_files(model, directory: Path, tokenizer_spec: dict | None) -> No
 
 def save_model_dir(model, directory, tokenizer_spec: dict | None = None) -> None:
     """Atomically write a model directory (replacing an existing one only once the new one is complete)."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     write_dir_atomically(Path(directory), lambda tmp: write_model_files(model, tmp, tokenizer_spec))
-
-
-def read_json_object(path, missing_hint: str) -> dict:
-    """A JSON file holding an object, or one clear error: not found (with `missing_hint`), not JSON, not an object."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScalegptError(f"{path}: not found ({missing_hint})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ScalegptError(f"{path}: expected a JSON object")
-    return data
 
 
 def read_config(directory) -> dict:
@@ -180,7 +70,7 @@ def resolve_checkpoint(path) -> Path:
         return p
     ckpts = list((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
     # By step number, not by name: "step_9" is older than "step_10" even when the numbers are not zero-padded.
-    ckpts = sorted((c for c in ckpts if is_model_dir(c)), key=lambda c: (_step_number(c), c.name))
+    ckpts = sorted((c for c in ckpts if is_model_dir(c)), key=lambda c: (step_number(c), c.name))
     if ckpts:
         return ckpts[-1]
     if not p.exists():
@@ -189,7 +79,7 @@ def resolve_checkpoint(path) -> Path:
                         "nor a run directory with checkpoints/step_*")
 
 
-def _step_number(path: Path) -> int:
+def step_number(path: Path) -> int:
     suffix = path.name[len("step_"):]
     return int(suffix) if suffix.isdigit() else -1
 
@@ -198,8 +88,6 @@ def load_model_dir(directory, device="cpu"):
     """(model, tokenizer_spec) from a scalegpt model directory; weights via safetensors only."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from scalegpt.model import GPT, GPTConfig
 
     directory = Path(directory)
     config = read_config(directory)
@@ -237,3 +125,29 @@ def load_state_checked(model, state: dict, source) -> None:
         if tuple(state[k].shape) != tuple(v.shape):
             raise ScalegptError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model expects {tuple(v.shape)}")
     model.load_state_dict(state)
+
+
+def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, data_dir: str) -> None:
+    """A clear line when a checkpoint was trained with another model shape or another tokenizer than this run."""
+    saved = read_config(directory)
+    if saved.get("tokenizer") is not None:  # first: another tokenizer also shows up as another vocab_size below
+        check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
+    saved_model = saved.get("model") or {}
+    differ = [f"{k}: checkpoint {saved_model.get(k)!r}, config {v!r}" for k, v in model_config.items()
+              if k != "dropout" and saved_model.get(k) != v]
+    if differ:
+        raise ScalegptError(f"{directory}: checkpoint has another model shape than the config ({'; '.join(differ)})")
+
+
+def load_weights(model: torch.nn.Module, directory: Path) -> None:
+    """safetensors weights into `model` in place (the tie between wte and lm_head kept)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / "model.safetensors"
+    try:
+        state = clean_state_dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError) as e:
+        raise ScalegptError(f"{path}: cannot read weights ({e})") from None
+    state[TIED_KEY] = state.get("transformer.wte.weight")
+    load_state_checked(model, state, path)

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt.checkpoint import _step_number, is_model_dir, write_dir_atomically, write_model_files
+from scalegpt._fs import write_dir_atomically
+from scalegpt.checkpoint.model_dir import is_model_dir, step_number, write_model_files
+from scalegpt.config import load_toml
 from scalegpt.errors import ScalegptError
 
 STATE_FILE = "train_state.pt"
@@ -39,8 +41,8 @@ def list_checkpoints(run_dir) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if _step_number(p) >= 0 and (p / STATE_FILE).is_file() and is_model_dir(p)]
-    return sorted(found, key=_step_number)
+    found = [p for p in root.glob("step_*") if step_number(p) >= 0 and (p / STATE_FILE).is_file() and is_model_dir(p)]
+    return sorted(found, key=step_number)
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -124,8 +126,6 @@ def _tidy(root: Path) -> None:
 
 def recorded_precision(directory) -> str | None:
     """The precision a checkpoint was trained in (fp32 | bf16 | fp16), from its train_config.toml; None if unknown."""
-    from scalegpt.config import load_toml
-
     try:
         precision = load_toml(Path(directory) / CONFIG_FILE).get("train", {}).get("precision")
     except (ScalegptError, OSError):
