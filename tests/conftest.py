@@ -16,8 +16,14 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+TESTS_DIR = Path(__file__).resolve().parent
+# Small real fixtures shipped with the repository (tests/data/README.md): always present.
+DATA_DIR = TESTS_DIR / "data"
 SHAKESPEARE = DATA_DIR / "tinyshakespeare.txt"
+HELLASWAG_SAMPLE = DATA_DIR / "hellaswag_val_sample.jsonl"
+HELLASWAG_FIRST20 = DATA_DIR / "hellaswag_val_first20.txt"
+# Large corpora that are not shipped: a checkout may have them in ../shared/data (shared/data/README.md).
+SHARED_DATA_DIR = TESTS_DIR.parents[1] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -27,13 +33,34 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    assert DATA_DIR.is_dir(), f"shared test data missing: {DATA_DIR}"
+    """tests/data: the small fixtures every test may rely on."""
+    assert DATA_DIR.is_dir(), f"test data missing: {DATA_DIR}"
     return DATA_DIR
 
 
 @pytest.fixture(scope="session")
 def shakespeare_text(data_dir) -> str:
     return (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """`shared_data("dickens/dickens.txt")`: the path of a large corpus in ../shared/data, or a skip that says which
+    file is missing. Tests that use this fixture get the `shared_data` marker (see pytest_collection_modifyitems)."""
+
+    def get(relpath: str) -> Path:
+        path = SHARED_DATA_DIR / relpath
+        if not path.is_file():
+            pytest.skip(f"needs ../shared/data/{relpath} (large corpus, not shipped in tests/data): {path} is absent")
+        return path
+
+    return get
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)
 
 
 @pytest.fixture

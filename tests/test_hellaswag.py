@@ -38,7 +38,7 @@ def gpt2_model(block_size: int) -> GPT:
 
 
 def llama_preprocess(text: str) -> str:
-    """The preprocessing the 6-line text file applied (shared/data/README.md)."""
+    """The preprocessing the 6-line text file applied (tests/data/README.md)."""
     for tag in ("[header]", "[step]", "[substeps]"):
         text = text.replace(tag, "")
     text = text.replace(" [title]", ". ").replace("[title] ", "").replace("[title].", "")
@@ -55,21 +55,43 @@ def test_jsonl_sample(sample):
     assert sample[4].where.endswith("hellaswag_val_sample.jsonl:5")
 
 
-def test_text_format_agrees_with_jsonl(data_dir, sample):
-    full = load_hellaswag(data_dir / "hellaswag_val_full.txt.bz2")
-    assert len(full) == 10_042
-    for a, b in zip(sample, full[:10]):
+@pytest.fixture
+def first20_bz2(tmp_path, data_dir):
+    """The first 20 tasks of the text-format file, bzip2-compressed like the full file."""
+    path = tmp_path / "hellaswag_val_first20.txt.bz2"
+    path.write_bytes(bz2.compress((data_dir / "hellaswag_val_first20.txt").read_bytes()))
+    return path
+
+
+def test_text_format_agrees_with_jsonl(data_dir, sample, first20_bz2):
+    first20 = load_hellaswag(data_dir / "hellaswag_val_first20.txt")
+    assert len(first20) == 20
+    for a, b in zip(sample, first20[:10]):
         assert b.ctx == llama_preprocess(a.ctx)
         assert b.endings == [llama_preprocess(e) for e in a.endings]
         assert b.label == a.label
+    assert all(0 <= ex.label <= 3 and len(ex.endings) == 4 for ex in first20)
+    assert first20[-1].where.endswith(f":{6 * 19 + 1}")
+    packed = load_hellaswag(first20_bz2)
+    assert [(ex.ctx, ex.endings, ex.label) for ex in packed] == [(ex.ctx, ex.endings, ex.label) for ex in first20]
+    assert [ex.ctx for ex in load_hellaswag(first20_bz2, limit=3)] == [ex.ctx for ex in first20[:3]]
+
+
+def test_full_text_file(shared_data, data_dir):
+    path = shared_data("hellaswag_val_full.txt.bz2")
+    full = load_hellaswag(path)
+    assert len(full) == 10_042
     assert all(0 <= ex.label <= 3 and len(ex.endings) == 4 for ex in full)
     assert full[-1].where.endswith(f":{6 * 10_041 + 1}")
-    assert [ex.ctx for ex in load_hellaswag(data_dir / "hellaswag_val_full.txt.bz2", limit=3)] == [
-        ex.ctx for ex in full[:3]]
+    assert [ex.ctx for ex in load_hellaswag(path, limit=3)] == [ex.ctx for ex in full[:3]]
+    # tests/data's 20-task sample is the head of this file, byte for byte
+    head = (data_dir / "hellaswag_val_first20.txt").read_text(encoding="utf-8")
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+        assert f.read(len(head)) == head
 
 
 def test_plain_text_file_and_limit(tmp_path, data_dir):
-    lines = bz2.open(data_dir / "hellaswag_val_full.txt.bz2", "rt", encoding="utf-8").read().split("\n")[:60]
+    lines = (data_dir / "hellaswag_val_first20.txt").read_text(encoding="utf-8").split("\n")[:60]
     path = tmp_path / "hs.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     examples = load_hellaswag(path)
@@ -190,7 +212,7 @@ def test_tokenizer_larger_than_model_is_an_error(sample, gpt2_tok):
 GPT2_SPEC = {"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256}
 
 
-def test_cli_hellaswag_checkpoint(run_cli, tmp_path, data_dir, sample, gpt2_tok):
+def test_cli_hellaswag_checkpoint(run_cli, tmp_path, data_dir, sample, gpt2_tok, first20_bz2):
     model = gpt2_model(128)
     save_model_dir(model, tmp_path / "run" / "checkpoints" / "step_000100", tokenizer_spec=GPT2_SPEC)
     rc, out, err = run_cli("eval", "hellaswag", "--checkpoint", tmp_path / "run",
@@ -201,7 +223,7 @@ def test_cli_hellaswag_checkpoint(run_cli, tmp_path, data_dir, sample, gpt2_tok)
     assert result == evaluate_hellaswag(model, gpt2_tok, sample, progress=False)
     assert "acc_norm=" in err  # the running figure on the progress bar
     rc, out, _ = run_cli("eval", "hellaswag", "--checkpoint", tmp_path / "run", "--no-progress", "--limit", "4",
-                         "--file", data_dir / "hellaswag_val_full.txt.bz2")
+                         "--file", first20_bz2)
     assert rc == 0 and json.loads(out)["examples"] == 4
 
 

@@ -22,10 +22,8 @@ from scalegpt.errors import ScalegptError
 from scalegpt.prepare import prepare
 from scalegpt.tokenizer import get_tokenizer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHAKESPEARE = DATA / "tinyshakespeare.txt"
-DICKENS = DATA / "dickens" / "dickens.txt"
-needs_data = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="shared/data not present")
+SHAKESPEARE = Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt"  # tests/data/README.md
+DICKENS = "dickens/dickens.txt"  # in ../shared/data only: the `shared_data` fixture skips without it
 
 
 def tokens(out: Path, split: str) -> np.ndarray:
@@ -61,7 +59,6 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 # ------------------------------------------------------------------------------------------- exact counts (real data)
 
 
-@needs_data
 def test_shakespeare_gpt2_exact_counts(tmp_path, capsys):
     out = tmp_path / "ts"
     rc, stdout, _ = run_cli(capsys, "--input", SHAKESPEARE, "--out", out, "--shard-tokens", 100_000, "--workers", 1)
@@ -81,7 +78,6 @@ def test_shakespeare_gpt2_exact_counts(tmp_path, capsys):
     assert main(["check", str(out)]) == 0
 
 
-@needs_data
 def test_shakespeare_char_exact_counts_and_vocab(tmp_path):
     out = tmp_path / "ts"
     meta = prepare([SHAKESPEARE], out, "char", shard_tokens=300_000, workers=2, progress=False)
@@ -93,13 +89,36 @@ def test_shakespeare_char_exact_counts_and_vocab(tmp_path):
     assert "".join(documents(out, "train") + documents(out, "val")) == text
 
 
-@needs_data
-def test_dickens_cp437_and_undecodable_bytes(tmp_path, capsys):
+def test_cp437_and_undecodable_bytes(tmp_path, capsys, monkeypatch):
+    # Tiny Shakespeare with cp437 letters (0x88 "ê", 0x82 "é") spread over it, read in ~12 pieces by 2 processes.
+    monkeypatch.setattr(sources, "PIECE_CHARS", 100_000)
+    raw = bytearray(SHAKESPEARE.read_bytes())
+    for at in (900_001, 400_000, 166_668):
+        raw[at:at] = b"Gen\x88t caf\x82 "
+    src = tmp_path / "cp437.txt"
+    src.write_bytes(bytes(raw))
     out = tmp_path / "d"
-    rc, _, err = run_cli(capsys, "--input", DICKENS, "--out", out)
-    assert rc == 2 and "byte offset 166668" in err and str(DICKENS) in err and "Traceback" not in err
+    rc, _, err = run_cli(capsys, "--input", src, "--out", out)
+    assert rc == 2 and "byte offset 166671" in err and str(src) in err and "Traceback" not in err
     assert err.count("\n") == 1 and not out.exists()
-    rc, _, _ = run_cli(capsys, "--input", DICKENS, "--out", out, "--encoding", "cp437", "--workers", 2,
+    rc, _, _ = run_cli(capsys, "--input", src, "--out", out, "--encoding", "cp437", "--workers", 2,
+                       "--shard-tokens", 100_000, "--val-fraction", 0)
+    meta = json.loads((out / "meta.json").read_text())
+    text = bytes(raw).decode("cp437")
+    assert text.count("Genêt café ") == 3
+    train = meta["splits"]["train"]
+    ids = get_tokenizer("gpt2").encode(text)
+    assert rc == 0 and train["num_tokens"] == len(ids) + 1 and len(train["shards"]) == 4
+    assert tokens(out, "train")[1:].tolist() == ids
+
+
+def test_dickens_cp437_and_undecodable_bytes(tmp_path, capsys, shared_data):
+    dickens = shared_data(DICKENS)
+    out = tmp_path / "d"
+    rc, _, err = run_cli(capsys, "--input", dickens, "--out", out)
+    assert rc == 2 and "byte offset 166668" in err and str(dickens) in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not out.exists()
+    rc, _, _ = run_cli(capsys, "--input", dickens, "--out", out, "--encoding", "cp437", "--workers", 2,
                        "--shard-tokens", 1_000_000, "--val-fraction", 0)
     meta = json.loads((out / "meta.json").read_text())
     # the whole file, tokenized in ~40 pieces over 2 processes, gives exactly the tokens of the whole text
@@ -169,7 +188,6 @@ def test_text_field_and_explicit_json_file(tmp_path):
     assert documents(out) == DOCS
 
 
-@needs_data
 def test_pieces_tokenize_exactly_like_the_whole_file_and_workers_do_not_matter(tmp_path, monkeypatch):
     # Small pieces and work items: Tiny Shakespeare becomes ~56 pieces spread over the workers.
     monkeypatch.setattr(sources, "PIECE_CHARS", 20_000)
@@ -305,10 +323,34 @@ def test_interrupted_run_leaves_no_dataset_and_rerun_finishes(tmp_path, monkeypa
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name
 
 
-@needs_data
 def test_sigkill_during_prepare_then_rerun(tmp_path):
+    # Five copies of Tiny Shakespeare as five documents: 1.7M GPT-2 tokens, enough to kill the run midway.
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"copy{i}.txt").write_bytes(SHAKESPEARE.read_bytes())
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "scalegpt", "prepare", "--input", str(DICKENS), "--encoding", "cp437",
+    cmd = [sys.executable, "-m", "scalegpt", "prepare", "--input", str(src), "--tokenizer", "gpt2",
+           "--out", str(out), "--shard-tokens", "200000", "--workers", "1", "--val-fraction", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (out / ".partial" / "train_000001.npy").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "prepare ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "meta.json").exists() and not list(out.glob("*.npy"))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["splits"]["train"]["num_tokens"] == 5 * (338_025 + 1)  # each document follows an EOT
+    assert main(["check", str(out)]) == 0
+
+
+def test_sigkill_during_prepare_of_dickens_then_rerun(tmp_path, shared_data):
+    dickens = shared_data(DICKENS)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "scalegpt", "prepare", "--input", str(dickens), "--encoding", "cp437",
            "--out", str(out), "--shard-tokens", "200000", "--workers", "1", "--val-fraction", "0", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
@@ -327,7 +369,6 @@ def test_sigkill_during_prepare_then_rerun(tmp_path):
 # ------------------------------------------------------------------------------------------- recipes and HF (offline)
 
 
-@needs_data
 def test_shakespeare_recipe_with_local_file_and_offline_download(tmp_path, capsys, monkeypatch):
     rc, out, _ = run_cli(capsys, "--recipe", "shakespeare", "--input", SHAKESPEARE, "--tokenizer", "char",
                          "--out", tmp_path / "r")
@@ -362,7 +403,6 @@ def test_errors_replace_keeps_going(tmp_path):
     assert documents(tmp_path / "o") == ["café ok then \ufffd bad"]
 
 
-@needs_data
 def test_sentencepiece_tokenizer_over_worker_processes(tmp_path):
     from scalegpt.tokenizer import train_sentencepiece
 

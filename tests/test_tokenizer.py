@@ -26,7 +26,7 @@ def test_gpt2_known_ids():
 def test_gpt2_tiny_shakespeare(shakespeare_text):
     tok = get_tokenizer("gpt2")
     ids = tok.encode(shakespeare_text)
-    assert len(ids) == 338_025  # shared/data/README.md
+    assert len(ids) == 338_025  # tests/data/README.md
     assert ids[:10] == [5962, 22307, 25, 198, 8421, 356, 5120, 597, 2252, 11]
     assert tok.decode(ids) == shakespeare_text
     # nanoGPT's 90/10 character split: 301,966 train and 36,059 val tokens.
@@ -54,7 +54,7 @@ def test_gpt2_decode_bytes_keeps_partial_utf8():
 
 def test_char_tokenizer_on_tiny_shakespeare(shakespeare_text, tmp_path):
     tok = get_tokenizer("char", text=shakespeare_text)
-    assert len(tok.chars) == 65  # shared/data/README.md
+    assert len(tok.chars) == 65  # tests/data/README.md
     assert (tok.vocab_size, tok.eot_id) == (66, 65)
     ids = tok.encode(shakespeare_text[:5000])
     assert max(ids) < 65 and tok.decode(ids) == shakespeare_text[:5000]
