@@ -112,5 +112,8 @@ def run_hellaswag(args) -> int:
     print(f"HellaSwag: {len(examples)} examples, model {where} on {device}", file=sys.stderr)
     result = evaluate_hellaswag(model, tokenizer, examples, device=device, batch_size=args.batch_size,
                                 progress=not args.no_progress)
+    print("convention: completion-style scoring as in build-nanogpt (sum and mean loss of each ending's tokens; "
+          "GPT-2 124M acc_norm 0.2955), not lm-evaluation-harness's multiple-choice normalisation (0.311)",
+          file=sys.stderr)
     print(json.dumps(result))
     return 0
