@@ -2,6 +2,10 @@
 
     evaluate_loss(model, batches)  -> {"loss": mean cross-entropy per target token, "perplexity": exp(loss),
                                        "tokens": number of target tokens}
+    evaluate_loss(model, batches, byte_lengths=token_byte_lengths(tok))
+                                   -> the same plus "bytes" (UTF-8 bytes of the decoded targets) and
+                                      "bpb" = sum of token NLL (nats) / ln 2 / bytes: bits per byte, comparable
+                                      across tokenizers
 
 The same function serves `scalegpt eval loss` and the training loop. Under torch.distributed every rank evaluates its
 own batches and the token-weighted sums are all-reduced, so every rank returns the global figure.
@@ -57,14 +61,20 @@ def _logits(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_across_ranks: bool = True) -> dict:
+def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_across_ranks: bool = True,
+                  byte_lengths=None) -> dict:
     """Token-weighted mean cross-entropy of the model over batches of (x, y) int64 (B, T); targets -1 are ignored.
+
+    byte_lengths: bytes per token id (`scalegpt.tokenizer.token_byte_lengths`); with it the result also has
+    "bytes" and "bpb" (bits per byte).
 
     The model runs in eval() under torch.no_grad() and is put back in its previous mode afterwards."""
     autocast = autocast if autocast is not None else contextlib.nullcontext()
     _, world = distributed_world()
     synced = reduce_across_ranks and world > 1
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of losses, number of target tokens]
+    # [sum of losses, number of target tokens, number of target bytes]
+    total = torch.zeros(3, dtype=torch.float64, device=device)
+    table = None if byte_lengths is None else torch.as_tensor(byte_lengths, dtype=torch.float64, device=device)
     with eval_mode(model):
         for batch in in_lockstep(model, batches, device, autocast, synced):
             x, y = (t.to(device, non_blocking=True) for t in batch)
@@ -73,14 +83,21 @@ def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                                    ignore_index=-1, reduction="sum")
             total[0] += loss.double()
-            total[1] += (y != -1).sum()
+            kept = y != -1
+            total[1] += kept.sum()
+            if table is not None:
+                total[2] += table[y[kept]].sum()
     if synced:
         import torch.distributed as dist
 
         dist.all_reduce(total)
-    loss_sum, tokens = total.tolist()
+    loss_sum, tokens, n_bytes = total.tolist()
     if tokens == 0:
         raise ScalegptError("evaluate_loss: no batches to evaluate (0 target tokens); "
                             "is the split or --tokens too small?")
     loss = loss_sum / tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(tokens)}
+    result = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(tokens)}
+    if table is not None:
+        result["bytes"] = int(n_bytes)
+        result["bpb"] = loss_sum / math.log(2) / n_bytes if n_bytes else float("nan")
+    return result

@@ -1,4 +1,5 @@
-"""loss.png: train and validation loss against steps and against tokens, for one run or several side by side.
+"""loss.png: train and validation loss against steps and against tokens, for one run or several side by side, and
+a third panel of validation bits per byte against steps when metrics.jsonl has it.
 
     scalegpt plot runs/a runs/b --out compare.png
 
@@ -19,6 +20,25 @@ def tokens_per_step(run_dir: Path) -> int | None:
     if not path.is_file():
         return None
     return load_toml(path).get("train", {}).get("global_batch_tokens")
+
+
+def val_bpb(run_dir: Path) -> list[tuple[int, float]]:
+    """[(step, bits per byte)] of the val records of a run's metrics.jsonl (empty without the file or the figure)."""
+    import json
+
+    from scalegpt.metrics import METRICS_FILE
+
+    path, out = Path(run_dir) / METRICS_FILE, []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "val" and isinstance(row.get("bpb"), (int, float)):
+            out.append((int(row["step"]), float(row["bpb"])))
+    return out
 
 
 def smooth(values: list[float], weight: float) -> list[float]:
@@ -44,7 +64,11 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
         if not log.is_file():
             raise ScalegptError(f"{log}: not found; is {run} a scalegpt run directory?")
         runs.append((run, read_log(log), tokens_per_step(run)))
-    fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bpb = [val_bpb(run) for run, _, _ in runs]
+    if any(bpb):
+        fig, (by_step, by_tokens, bpb_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
+    else:
+        fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (run, series, per_step) in enumerate(runs):
         color = colors[i % len(colors)]
@@ -62,6 +86,15 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
             by_step.plot(steps, values, color=color, label=name, **style)
             if per_step:
                 by_tokens.plot([s * per_step for s in steps], values, color=color, label=name, **style)
+    if any(bpb):
+        for i, ((run, _, _), points) in enumerate(zip(runs, bpb)):
+            if points:
+                bpb_ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[i % len(colors)],
+                            marker="o", ms=3, lw=1.5, ls="--", label=f"{run.name if len(runs) > 1 else ''} val".strip())
+        bpb_ax.set_xlabel("step")
+        bpb_ax.set_ylabel("val bits per byte")
+        bpb_ax.grid(alpha=0.3)
+        bpb_ax.legend()
     by_step.set_xlabel("step")
     by_tokens.set_xlabel("tokens")
     for ax in (by_step, by_tokens):

@@ -360,14 +360,18 @@ class Trainer:
                 batches = eval_batches(self.val_data, batch_size=c.eval.batch_size or c.train.micro_batch_size,
                                        seq_len=self.seq_len, max_tokens=c.eval.tokens, rank=self.strategy.rank,
                                        world_size=self.strategy.world_size, device=self.device)
-                result = evaluate_loss(self.raw_model, batches, self.device, autocast=self.autocast)
+                from scalegpt.tokenizer import token_byte_lengths
+
+                result = evaluate_loss(self.raw_model, batches, self.device, autocast=self.autocast,
+                                       byte_lengths=token_byte_lengths(self.tokenizer))
                 self.val_loss = result["loss"]
                 self.say(f"step {step}: val loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
-                         f"{result['tokens']:,} tokens)")
+                         f"bpb {result['bpb']:.4f}, {result['tokens']:,} tokens)")
                 if self.run_log is not None:
                     self.run_log.line(step, "val", result["loss"])
                     self.run_log.record(step, "val", loss=result["loss"], perplexity=result["perplexity"],
-                                        tokens=result["tokens"], tokens_seen=self.tokens_seen)
+                                        bpb=result["bpb"], tokens=result["tokens"], bytes=result["bytes"],
+                                        tokens_seen=self.tokens_seen)
             if self.hellaswag is not None:
                 result = evaluate_hellaswag(self.raw_model, self.tokenizer, self.hellaswag, self.device,
                                             autocast=self.autocast, rank=self.strategy.rank,

@@ -177,3 +177,61 @@ def test_cli_eval_loss_rejects_another_tokenizer(run_cli, tmp_path, char_dataset
     assert err.startswith("scalegpt: error: tokenizer mismatch") and len(err.strip().splitlines()) == 1
     rc, _, err = run_cli("eval", "loss", "--checkpoint", tmp_path / "ckpt", "--data", char_dataset, "--tokens", "0")
     assert rc == 2 and "--tokens must be >= 1" in err
+
+
+# ---------------------------------------------------------------------------------------------------- bits per byte
+
+BPB_TEXT = "Héllo, wörld! 日本語のテキスト 😀 and plain ASCII text.\nSecond line, naïve café."
+
+
+def _direct_bytes(tok, ids):
+    """Bytes of the decoded targets, counted by decoding the whole sequence (SentencePiece: after an anchor piece,
+    since its decode drops the space of a text's first word)."""
+    if tok.kind == "sentencepiece":
+        anchor = tok.encode("x")[-1:]
+        return len(tok.decode(anchor + ids).encode()) - len(tok.decode(anchor).encode())
+    return len(tok.decode(ids).encode())
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "char", "sentencepiece"])
+def test_byte_table_matches_decoding(kind, tmp_path, shakespeare_text):
+    from scalegpt.tokenizer import get_tokenizer, token_byte_lengths, train_sentencepiece
+
+    if kind == "char":
+        tok = get_tokenizer("char", text=BPB_TEXT + shakespeare_text[:3000])
+    elif kind == "sentencepiece":
+        (tmp_path / "c.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")
+        tok = get_tokenizer(str(train_sentencepiece([tmp_path / "c.txt"], 400, tmp_path / "sp")))
+    else:
+        tok = get_tokenizer(kind)
+    table = token_byte_lengths(tok)
+    assert len(table) == tok.vocab_size
+    for text in (BPB_TEXT, shakespeare_text[:3000], " leading space", "end."):
+        ids = tok.encode(text) + [tok.eot_id] + tok.encode(text[:20])
+        assert sum(table[i] for i in ids) == _direct_bytes(tok, ids), text[:30]
+    if kind == "sentencepiece":  # byte-fallback pieces: the CJK and the emoji are not in its vocabulary
+        assert any(tok.sp.is_byte(i) for i in tok.encode(BPB_TEXT))
+
+
+def test_evaluate_loss_bits_per_byte(tiny_model):
+    table = [1 + i % 4 for i in range(100)]
+    x, y = torch.randint(0, 100, (2, 12)), torch.randint(0, 100, (2, 12))
+    y[0, :3] = -1
+    result = evaluate_loss(tiny_model, [(x, y)], byte_lengths=table)
+    n_bytes = sum(table[i] for i in y[y != -1].tolist())
+    assert result["bytes"] == n_bytes
+    assert result["bpb"] == pytest.approx(result["loss"] * result["tokens"] / math.log(2) / n_bytes, rel=1e-9)
+    assert "bpb" not in evaluate_loss(tiny_model, [(x, y)])
+
+
+def test_cli_eval_loss_reports_bits_per_byte(run_cli, tmp_path, char_dataset):
+    from scalegpt.data import open_dataset
+
+    ds = open_dataset(char_dataset, split="val")
+    model = GPT(preset_config("tiny", vocab_size=ds.tokenizer_spec["vocab_size"]))
+    model.save_pretrained(tmp_path / "ckpt", tokenizer_spec=ds.tokenizer_spec)
+    rc, out, err = run_cli("eval", "loss", "--checkpoint", tmp_path / "ckpt", "--data", char_dataset, "--tokens", "640")
+    assert rc == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert "bits per byte" in err and result["bytes"] >= result["tokens"]
+    assert result["bpb"] == pytest.approx(result["loss"] * result["tokens"] / math.log(2) / result["bytes"])

@@ -71,6 +71,8 @@ def test_cli_train_writes_logs_metrics_plot_and_checkpoints(tmp_path, tiny_data,
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert all({"loss", "lr", "grad_norm", "tokens_seen"} <= set(r) for r in train_rows)
     assert train_rows[-1]["tokens_seen"] == 8 * 256
+    val_rows = [r for r in rows if r["kind"] == "val"]
+    assert all(r["bpb"] > 0 and r["bytes"] >= r["tokens"] for r in val_rows) and "bpb " in out
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(run / "config.toml").train.max_steps == 8
     # keep_last = 1: only the final checkpoint remains, readable as a plain model directory, state weights_only-safe

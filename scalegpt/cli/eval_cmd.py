@@ -78,7 +78,7 @@ def run_loss(args) -> int:
     from scalegpt.data import eval_batches, open_dataset
     from scalegpt.errors import ScalegptError
     from scalegpt.evaluate import evaluate_loss
-    from scalegpt.tokenizer import check_same_tokenizer
+    from scalegpt.tokenizer import check_same_tokenizer, token_byte_lengths, tokenizer_from_spec
 
     device = pick_device(args.device)
     for name in ("tokens", "batch_size", "seq_len"):
@@ -95,9 +95,10 @@ def run_loss(args) -> int:
     if seq_len > model.config.block_size:
         raise ScalegptError(f"--seq-len {seq_len} exceeds the model's block_size {model.config.block_size}")
     batches = eval_batches(ds, batch_size=args.batch_size, seq_len=seq_len, max_tokens=args.tokens, device=device)
-    result = evaluate_loss(model, batches, device=device)
-    print(f"checkpoint {where}, {args.split} split of {args.data}: {result['tokens']:,} tokens, "
-          f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}", file=sys.stderr)
+    result = evaluate_loss(model, batches, device=device, byte_lengths=token_byte_lengths(tokenizer_from_spec(spec)))
+    print(f"checkpoint {where}, {args.split} split of {args.data}: {result['tokens']:,} tokens "
+          f"({result['bytes']:,} bytes), loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+          f"bits per byte {result['bpb']:.4f}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 
@@ -111,5 +112,8 @@ def run_hellaswag(args) -> int:
     print(f"HellaSwag: {len(examples)} examples, model {where} on {device}", file=sys.stderr)
     result = evaluate_hellaswag(model, tokenizer, examples, device=device, batch_size=args.batch_size,
                                 progress=not args.no_progress)
+    print("convention: completion-style scoring as in build-nanogpt (sum and mean loss of each ending's tokens; "
+          "GPT-2 124M acc_norm 0.2955), not lm-evaluation-harness's multiple-choice normalisation (0.311)",
+          file=sys.stderr)
     print(json.dumps(result))
     return 0
