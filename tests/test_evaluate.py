@@ -16,7 +16,6 @@ from scalegpt.errors import ScalegptError
 from scalegpt.checkpoint import save_model_dir
 from scalegpt.evaluate import evaluate_loss
 from scalegpt.model import GPT, preset_config
-from scalegpt.checkpoint import save_model_dir
 
 
 def test_zero_weights_give_uniform_loss(tiny_model):
