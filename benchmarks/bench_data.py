@@ -112,7 +112,7 @@ def bench_loader_vs_step(tmp: Path, steps: int = 30) -> None:
         t0 = time.perf_counter()
         x, y = loader.next_batch()
         t1 = time.perf_counter()
-        _, loss = model(x, y)
+        loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

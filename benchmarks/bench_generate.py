@@ -39,7 +39,7 @@ def nanogpt_generate(model, idx: torch.Tensor, max_new_tokens: int) -> torch.Ten
     """nanoGPT's `generate`, greedy: the whole (cropped) sequence through the model for every new token."""
     for _ in range(max_new_tokens):
         idx_cond = idx if idx.size(1) <= model.config.block_size else idx[:, -model.config.block_size:]
-        logits, _ = model(idx_cond)
+        logits = model(idx_cond)
         idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
     return idx
 

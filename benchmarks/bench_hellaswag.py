@@ -45,7 +45,7 @@ def one_example_per_forward(model, tok, examples, device) -> dict:
             x[i, :len(r)] = torch.tensor(r)
             m[i, :len(mk)] = torch.tensor(mk, dtype=torch.float)
         x, m = x.to(device), m.to(device)
-        logits, _ = model(x)
+        logits = model(x)
         losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none").view(4, -1)
         mask = m[:, 1:]
         sums = (losses * mask).sum(dim=1)

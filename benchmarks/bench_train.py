@@ -88,7 +88,7 @@ def bare_step_fn(trainer):
 
     def step():
         with trainer.autocast:  # the trainer's precision, so both sides compute the same thing
-            _, loss = model(x, y)
+            loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

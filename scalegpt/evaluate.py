@@ -57,10 +57,6 @@ def in_lockstep(model, batches: Iterable, device, autocast, synced: bool):
         yield batch
 
 
-def _logits(out) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
 def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_across_ranks: bool = True,
                   byte_lengths=None) -> dict:
     """Token-weighted mean cross-entropy of the model over batches of (x, y) int64 (B, T); targets -1 are ignored.
@@ -79,7 +75,7 @@ def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_
         for batch in in_lockstep(model, batches, device, autocast, synced):
             x, y = (t.to(device, non_blocking=True) for t in batch)
             with autocast:
-                logits = _logits(model(x))
+                logits = model(x)
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                                    ignore_index=-1, reduction="sum")
             total[0] += loss.double()

@@ -70,9 +70,6 @@ def model_config(model):
     return config
 
 
-def _logits_of(out) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
 
 @contextlib.contextmanager
 def eval_mode(model):
@@ -136,7 +133,7 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
 @torch.no_grad()  # per forward, not around the yields, so the caller's own grad mode is never changed
 def _last_logits(model, x: torch.Tensor, cache) -> torch.Tensor:
     out = model(x, cache=cache) if cache is not None else model(x)
-    return _logits_of(out)[:, -1]
+    return out[:, -1]
 
 
 def encode_prompt(tokenizer, prompt: str, block_size: int) -> tuple[list[int], int]:

@@ -197,8 +197,7 @@ def _score_batch(model, encoded, block_size: int, device, autocast) -> tuple[tor
         if _is_plain_gpt(model):
             losses = _scored_losses(model, x, y)
         else:
-            out = model(x)
-            logits = out[0] if isinstance(out, tuple) else out
+            logits = model(x)
             losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1,
                                      reduction="none").view(y.shape)  # (R, width)
     sums = losses.sum(dim=1).view(-1, 4).double().cpu()

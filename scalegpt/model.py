@@ -153,14 +153,14 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), None), or with targets (B, T) ->
-        (None, mean cross-entropy over targets != -1).
+        """idx (B, T) token ids -> logits (B, T, vocab_size); with targets (B, T) -> the mean cross-entropy over
+        targets != -1 (a scalar).
 
         With targets the logits are never materialised: lm_head and the loss are fused (`scalegpt.loss`)."""
         h = self.hidden_states(idx, cache)
         if targets is not None:
-            return None, linear_cross_entropy(h, self.lm_head.weight, targets, self.config.vocab_size)
-        return self.lm_head(h)[..., : self.config.vocab_size], None  # padded ids are never sampled
+            return linear_cross_entropy(h, self.lm_head.weight, targets, self.config.vocab_size)
+        return self.lm_head(h)[..., : self.config.vocab_size]  # padded ids are never sampled
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (the tied lm_head/wte matrix counted once), padded vocabulary rows included.

@@ -264,7 +264,7 @@ class Trainer:
             last = micro == self.accum_steps - 1
             with contextlib.nullcontext() if last else self.strategy.no_sync(model):
                 with self.autocast:
-                    _, loss = model(x, y)
+                    loss = model(x, y)
                 loss = loss / self.accum_steps  # the sum over micro-steps is the mean over the global batch
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += loss.detach()

@@ -36,7 +36,7 @@ def test_save_and_load_round_trip_exactly(tiny_model, tmp_path):
     assert loaded.lm_head.weight is loaded.transformer.wte.weight  # the tie survives loading
     idx = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
-        assert torch.equal(tiny_model(idx)[0], loaded.eval()(idx)[0])
+        assert torch.equal(tiny_model(idx), loaded.eval()(idx))
     model, spec = load_model_dir(tmp_path / "ckpt")
     assert spec == CHAR_SPEC
 

@@ -29,7 +29,7 @@ def test_bf16_autocast_training_step_is_finite():
     losses = []
     for _ in range(3):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = model(x, y)
+            loss = model(x, y)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -64,7 +64,7 @@ def test_flash_sdpa_backend_runs_the_models_attention_shape():
     model = GPT(preset_config("tiny", vocab_size=100, block_size=256)).cuda()
     x, yt = _batch(2, 256)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
-        _, loss = model(x, yt)
+        loss = model(x, yt)
     loss.backward()
     assert torch.isfinite(loss)
 
@@ -74,9 +74,9 @@ def test_compiled_forward_matches_eager():
     compiled = torch.compile(model)
     x, y = _batch()
     with torch.no_grad():
-        eager_logits, _ = model(x)
-        compiled_logits, _ = compiled(x)
-        _, eager_loss = model(x, y)
+        eager_logits = model(x)
+        compiled_logits = compiled(x)
+        eager_loss = model(x, y)
         _, compiled_loss = compiled(x, y)
     torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)

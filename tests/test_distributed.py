@@ -391,7 +391,7 @@ def worker(out: Path, strategy: str, steps: int, resume: str | None, save_at: in
         for micro in range(n_micro):
             x, y = _batch(step, micro, n_micro, info.rank, info.world_size)
             with D.no_sync(model, micro == n_micro - 1):
-                _, loss = model(x, y)
+                loss = model(x, y)
                 (loss / n_micro).backward()
             total += loss.detach() / n_micro
         norms.append(float(D.clip_grad_norm(model, 1.0)))

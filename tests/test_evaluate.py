@@ -34,7 +34,7 @@ def test_zero_weights_give_uniform_loss(tiny_model):
 def test_token_weighted_mean_over_uneven_batches(tiny_model):
     batches = [(torch.randint(0, 100, (b, t)), torch.randint(0, 100, (b, t))) for b, t in [(4, 16), (1, 5), (2, 30)]]
     with torch.no_grad():
-        losses = [F.cross_entropy(tiny_model(x)[0].flatten(0, 1), y.flatten(), reduction="sum") for x, y in batches]
+        losses = [F.cross_entropy(tiny_model(x).flatten(0, 1), y.flatten(), reduction="sum") for x, y in batches]
     n = sum(y.numel() for _, y in batches)
     result = evaluate_loss(tiny_model, iter(batches))
     assert result["tokens"] == n
@@ -54,7 +54,7 @@ def test_restores_mode_and_disables_dropout():
     evaluate_loss(model, batch)
     assert not model.training
     with torch.no_grad():
-        assert model(batch[0][0])[0].requires_grad is False
+        assert model(batch[0][0]).requires_grad is False
 
 
 def test_no_batches_is_an_error(tiny_model):

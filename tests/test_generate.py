@@ -35,7 +35,7 @@ def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
     for _ in range(n):
         if len(window) > block:
             window = window[-(block // 2):]
-        logits, _ = model(torch.tensor([window]))
+        logits = model(torch.tensor([window]))
         t = int(logits[0, -1].argmax())
         window.append(t)
         out.append(t)

@@ -147,7 +147,7 @@ def slow_scores(model, tok, examples):
                 end = tok.encode(" " + ending)
                 tokens = (ctx + end)[-block:]
                 n_end = min(len(end), len(tokens) - 1)  # the first kept token has nothing before it to predict it
-                logits, _ = model(torch.tensor([tokens]))
+                logits = model(torch.tensor([tokens]))
                 logprobs = F.log_softmax(logits[0].double(), dim=-1)
                 for pos in range(len(tokens) - n_end, len(tokens)):
                     sums[i, j] -= logprobs[pos - 1, tokens[pos]]

@@ -48,7 +48,7 @@ def _hf_logits(model, idx):
 
 def _our_logits(model, idx):
     with torch.no_grad():
-        return model.eval()(idx)[0]
+        return model.eval()(idx)
 
 
 def test_load_hf_safetensors_dir_matches_transformers(hf_model, hf_dir):

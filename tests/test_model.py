@@ -14,10 +14,9 @@ from scalegpt.model import GPT, GPTConfig, KVCache, preset_config
 
 def test_forward_shapes_and_initial_loss(tiny_model):
     idx = torch.randint(0, 100, (3, 17))
-    logits, loss = tiny_model(idx)
+    logits = tiny_model(idx)
     assert logits.shape == (3, 17, 100)  # the real vocabulary, not the padded 128
-    assert loss is None
-    _, loss = tiny_model(idx, targets=torch.randint(0, 100, (3, 17)))
+    loss = tiny_model(idx, targets=torch.randint(0, 100, (3, 17)))
     assert loss.ndim == 0
     # With N(0, 0.02) weights the predictions are nearly uniform: loss close to ln(vocab).
     assert abs(loss.item() - math.log(100)) < 0.1
@@ -26,7 +25,7 @@ def test_forward_shapes_and_initial_loss(tiny_model):
 def test_every_parameter_gets_a_gradient(tiny_model):
     tiny_model.train()
     idx = torch.randint(0, 100, (2, 16))
-    _, loss = tiny_model(idx, targets=idx)
+    loss = tiny_model(idx, targets=idx)
     loss.backward()
     for name, p in tiny_model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -37,8 +36,8 @@ def test_future_tokens_do_not_change_earlier_logits(tiny_model):
     changed = idx.clone()
     changed[:, 12:] = (changed[:, 12:] + 1) % 100
     with torch.no_grad():
-        a, _ = tiny_model(idx)
-        b, _ = tiny_model(changed)
+        a = tiny_model(idx)
+        b = tiny_model(changed)
     torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-6)
     assert (a[:, 12:] - b[:, 12:]).abs().max() > 1e-3  # and the changed positions do see the change
 
@@ -48,15 +47,15 @@ def test_targets_minus_one_are_ignored(tiny_model):
     targets = torch.randint(0, 100, (2, 10))
     targets[0, :4] = -1
     targets[1, 7:] = -1
-    logits, _ = tiny_model(idx)
-    no_logits, loss = tiny_model(idx, targets=targets)
-    assert no_logits is None  # with targets, lm_head and the loss are fused (scalegpt.loss)
+    logits = tiny_model(idx)
+    loss = tiny_model(idx, targets=targets)
+    assert loss.dim() == 0  # with targets, only the loss: lm_head and the loss are fused (scalegpt.loss)
     keep = targets != -1
     expected = F.cross_entropy(logits[keep], targets[keep])
     torch.testing.assert_close(loss, expected)
     # What sits behind an ignored target cannot move the loss.
     other = targets.clone()
-    _, loss2 = tiny_model(idx, targets=torch.where(keep, other, torch.full_like(other, -1)))
+    loss2 = tiny_model(idx, targets=torch.where(keep, other, torch.full_like(other, -1)))
     torch.testing.assert_close(loss, loss2)
 
 
@@ -65,16 +64,16 @@ def test_padded_vocab_rows_never_reach_the_logits():
     assert model.lm_head.weight.shape[0] == 128
     idx = torch.randint(0, 100, (2, 8))
     with torch.no_grad():
-        before, _ = model(idx)
+        before = model(idx)
         model.lm_head.weight[100:] = 100.0  # rows of padded ids: would dominate any softmax if they were scored
-        after, _ = model(idx)
-        _, loss_after = model(idx, targets=idx)
+        after = model(idx)
+        loss_after = model(idx, targets=idx)
     assert after.shape[-1] == 100
     torch.testing.assert_close(before, after, rtol=0, atol=0)
     torch.testing.assert_close(loss_after, F.cross_entropy(before.flatten(0, 1), idx.flatten()))
     # Nor the training loss, and they get no gradient from it.
     model.lm_head.weight.grad = None
-    _, loss = model(idx, targets=idx)
+    loss = model(idx, targets=idx)
     loss.backward()
     torch.testing.assert_close(loss.detach(), loss_after)
     assert model.lm_head.weight.grad[100:].abs().max() == 0
@@ -133,12 +132,12 @@ def test_flops_per_token_formula():
 def test_kv_cache_matches_full_forward(tiny_model):
     idx = torch.randint(0, 100, (2, 12))
     with torch.no_grad():
-        full, _ = tiny_model(idx)
+        full = tiny_model(idx)
         cache = KVCache(tiny_model.config, batch_size=2, device="cpu")
-        parts = [tiny_model(idx[:, :5], cache=cache)[0]]  # prefill
-        parts.append(tiny_model(idx[:, 5:8], cache=cache)[0])  # a chunk after a prefix: the masked path
+        parts = [tiny_model(idx[:, :5], cache=cache)]  # prefill
+        parts.append(tiny_model(idx[:, 5:8], cache=cache))  # a chunk after a prefix: the masked path
         for t in range(8, 12):  # then one token at a time
-            parts.append(tiny_model(idx[:, t:t + 1], cache=cache)[0])
+            parts.append(tiny_model(idx[:, t:t + 1], cache=cache))
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
@@ -172,9 +171,9 @@ def test_dropout_is_active_only_in_training():
     model = GPT(preset_config("tiny", vocab_size=50, dropout=0.5))
     idx = torch.randint(0, 50, (1, 16))
     model.eval()
-    torch.testing.assert_close(model(idx)[0], model(idx)[0], rtol=0, atol=0)
+    torch.testing.assert_close(model(idx), model(idx), rtol=0, atol=0)
     model.train()
-    assert not torch.equal(model(idx)[0], model(idx)[0])
+    assert not torch.equal(model(idx), model(idx))
 
 
 def test_bf16_attention_on_cpu_is_computed_in_fp32():
@@ -196,7 +195,7 @@ def test_bf16_autocast_forward_stays_close_to_fp32():
     model = GPT.from_preset("tiny", vocab_size=100).eval()
     idx = torch.randint(0, 100, (2, 32))
     with torch.no_grad():
-        want, _ = model(idx)
+        want = model(idx)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            got, _ = model(idx)
+            got = model(idx)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=0.05)
