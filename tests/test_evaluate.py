@@ -228,7 +228,7 @@ def test_cli_eval_loss_reports_bits_per_byte(run_cli, tmp_path, char_dataset):
 
     ds = open_dataset(char_dataset, split="val")
     model = GPT(preset_config("tiny", vocab_size=ds.tokenizer_spec["vocab_size"]))
-    model.save_pretrained(tmp_path / "ckpt", tokenizer_spec=ds.tokenizer_spec)
+    save_model_dir(model, tmp_path / "ckpt", tokenizer_spec=ds.tokenizer_spec)
     rc, out, err = run_cli("eval", "loss", "--checkpoint", tmp_path / "ckpt", "--data", char_dataset, "--tokens", "640")
     assert rc == 0, err
     result = json.loads(out.strip().splitlines()[-1])

@@ -196,10 +196,10 @@ def _poison(trainer, steps, kind="loss", scale=float("nan")):
         forward = trainer.raw_model.forward
 
         def poisoned(idx, targets=None, **kw):
-            logits, loss = forward(idx, targets, **kw)
-            if loss is not None and trainer.step + 1 in steps:
-                loss = loss * scale
-            return logits, loss
+            out = forward(idx, targets, **kw)
+            if targets is not None and trainer.step + 1 in steps:
+                out = out * scale  # the loss
+            return out
 
         trainer.raw_model.forward = poisoned
     else:
@@ -287,9 +287,9 @@ def test_cli_abort_is_one_line_and_exit_code_2(char_data, tmp_path, monkeypatch,
     calls = []
 
     def nan_after_two(self, idx, targets=None, **kw):
-        logits, loss = forward(self, idx, targets, **kw)
+        out = forward(self, idx, targets, **kw)
         calls.append(1)
-        return logits, (loss * float("nan") if loss is not None and len(calls) > 2 else loss)
+        return out * float("nan") if targets is not None and len(calls) > 2 else out
 
     monkeypatch.setattr(GPT, "forward", nan_after_two)
     rc, out, err = run_cli("train", "--data.dir", char_data, "--out", tmp_path / "run", "--model.n_layer", "1",
