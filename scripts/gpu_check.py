@@ -49,8 +49,8 @@ PROFILES = {
     ),
     "dry": dict(
         model=dict(n_layer=2, n_head=2, n_embd=64, block_size=64), device="cpu", precision="fp32",
-        seq_len=64, micro_batch=8, accum=1, train_steps=12, log_interval=4, warmup=2, lr=3e-3,
-        dist_micro_batch=4, dist_steps=4, corpus_words=60_000, sample_tokens=24, greedy_tokens=12,
+        seq_len=64, micro_batch=8, accum=1, train_steps=9, log_interval=3, warmup=2, lr=3e-3,
+        dist_micro_batch=4, dist_steps=4, corpus_words=40_000, sample_tokens=8, greedy_tokens=8,
         compile_stage="false",  # inductor on a 2-core CPU takes ~45 s for even the tiny model
         limits=dict(probe=60, cuda_tests=90, data=60, train_compile=90, train_eager=90, dist_run=90,
                     sample=60, hellaswag=60),
@@ -61,8 +61,13 @@ PROFILES = {
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
+DRY_RUN = False  # set by Check: CPU children then run single-threaded (tiny models gain nothing from threads)
+
+
 def _env(**extra) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    if DRY_RUN:
+        env.setdefault("OMP_NUM_THREADS", "1")
     path = env.get("PYTHONPATH", "")
     if str(ROOT) not in path.split(os.pathsep):
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
@@ -242,8 +247,9 @@ at_end = true
 
 class Check:
     def __init__(self, args):
+        global DRY_RUN
         self.args = args
-        self.dry = args.dry_run
+        self.dry = DRY_RUN = args.dry_run
         self.p = dict(PROFILES["dry" if self.dry else "full"])
         if args.steps:
             self.p["train_steps"] = args.steps
@@ -285,6 +291,18 @@ class Check:
                 rec["message"] = f"{type(e).__name__}: {e}"
         rec["seconds"] = round(time.monotonic() - start, 1)
         print(f"   {rec['status']} ({rec['seconds']} s) {rec['message']}", flush=True)
+
+    def parallel(self, stages, needs: tuple[str, ...] = ()):
+        import threading
+
+        for name, _ in stages:  # table order is the order given, whichever finishes first
+            self.stages[name] = {"name": name, "status": "fail", "seconds": 0.0, "checks": {}, "figures": {},
+                                 "message": "did not finish"}
+        threads = [threading.Thread(target=self.stage, args=(name, fn, needs)) for name, fn in stages]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     # ---------------------------------------------------------------------------------------------- probe
 
@@ -390,7 +408,8 @@ class Check:
         config = self.work / f"{strategy}.toml"
         config.write_text(config_toml(p, p["dist_micro_batch"], 1, n))
         straight, resumed = self.work / f"{strategy}_straight", self.work / f"{strategy}_resumed"
-        env = _env(CUBLAS_WORKSPACE_CONFIG=":4096:8", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        # cuBLAS needs this workspace setting to be deterministic (torch.use_deterministic_algorithms in the worker).
+        env = _env(CUBLAS_WORKSPACE_CONFIG=":4096:8")
         common = ["--", "--config", config, "--data.dir", self.data_dir, "--checkpoint.interval", half]
         log = self.logs / f"{strategy}_resume.log"
         res_a = self.work / f"{strategy}_straight.json"
@@ -461,8 +480,9 @@ class Check:
         self.stage("data", self.data, needs=("probe",))
         self.stage("train_compile", self.train_compile, needs=("data",))
         self.stage("train_eager", self.train_eager, needs=("data",))
-        self.stage("ddp_resume", lambda rec: self.dist_resume(rec, "ddp"), needs=("data",))
-        self.stage("fsdp_resume", lambda rec: self.dist_resume(rec, "fsdp"), needs=("data",))
+        # DDP and FSDP2 side by side (two 1-rank jobs; nothing in them is timed): the slowest part, halved.
+        self.parallel([("ddp_resume", lambda rec: self.dist_resume(rec, "ddp")),
+                       ("fsdp_resume", lambda rec: self.dist_resume(rec, "fsdp"))], needs=("data",))
         self.stage("sample", self.sample, needs=("train_eager",))
         self.stage("hellaswag", self.hellaswag, needs=("train_eager",))
         failed = [n for n, s in self.stages.items() if s["status"] == "fail"]
