@@ -629,7 +629,8 @@ def worker_dist(args, argv: list[str]) -> int:
 
     from scalegpt.cli import leave
     from scalegpt.config import load_config, parse_override_args
-    from scalegpt.distributed import DistributedStrategy, parallelize
+    from scalegpt.distributed import parallelize
+    from scalegpt.strategy import DistributedStrategy
     from scalegpt.train import Trainer, exit_code
 
     p = argparse.ArgumentParser(prog="gpu_check.py _dist")
@@ -653,10 +654,10 @@ def worker_dist(args, argv: list[str]) -> int:
             if cuda:
                 self.info.device = torch.device("cuda", self.local_rank)
 
-        def wrap_model(self, model):
+        def wrap_model(self, model, precision):
             self.kind = args.strategy
             print(f"parallelism: {self.kind} over {self.world_size} rank(s) (forced by gpu_check)", flush=True)
-            return parallelize(model, self.config, self.info, self.precision, self.kind)
+            return parallelize(model, self.config, self.info, precision, self.kind)
 
     config = load_config(known.config, parse_override_args(rest))
     strategy = ForcedStrategy(config.dist)
