@@ -329,9 +329,15 @@ def test_sigkill_during_prepare_then_rerun(tmp_path):
     src.mkdir()
     for i in range(5):
         (src / f"copy{i}.txt").write_bytes(SHAKESPEARE.read_bytes())
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "scalegpt", "prepare", "--input", str(src), "--tokenizer", "gpt2",
-           "--out", str(out), "--shard-tokens", "200000", "--workers", "1", "--val-fraction", "0", "--quiet"]
+    meta = _kill_midway_then_rerun(tmp_path / "out", ["--input", str(src), "--tokenizer", "gpt2"])
+    assert meta["splits"]["train"]["num_tokens"] == 5 * (338_025 + 1)  # each document follows an EOT
+
+
+def _kill_midway_then_rerun(out, args: list[str]) -> dict:
+    """SIGKILL `scalegpt prepare ARGS` once its second shard is on disk, check nothing half-done is visible, re-run
+    it to completion and `scalegpt check` the result; returns its meta.json."""
+    cmd = [sys.executable, "-m", "scalegpt", "prepare", *args, "--out", str(out), "--shard-tokens", "200000",
+           "--workers", "1", "--val-fraction", "0", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not (out / ".partial" / "train_000001.npy").exists() and proc.poll() is None and time.time() < deadline:
@@ -342,28 +348,13 @@ def test_sigkill_during_prepare_then_rerun(tmp_path):
     assert not (out / "meta.json").exists() and not list(out.glob("*.npy"))
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["splits"]["train"]["num_tokens"] == 5 * (338_025 + 1)  # each document follows an EOT
     assert main(["check", str(out)]) == 0
+    return json.loads((out / "meta.json").read_text())
 
 
 def test_sigkill_during_prepare_of_dickens_then_rerun(tmp_path, shared_data):
-    dickens = shared_data(DICKENS)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "scalegpt", "prepare", "--input", str(dickens), "--encoding", "cp437",
-           "--out", str(out), "--shard-tokens", "200000", "--workers", "1", "--val-fraction", "0", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not (out / ".partial" / "train_000001.npy").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "meta.json").exists() and not list(out.glob("*.npy"))
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    meta = json.loads((out / "meta.json").read_text())
+    meta = _kill_midway_then_rerun(tmp_path / "out", ["--input", str(shared_data(DICKENS)), "--encoding", "cp437"])
     assert meta["splits"]["train"]["num_tokens"] == 2_879_558 + 1
-    assert main(["check", str(out)]) == 0
 
 
 # ------------------------------------------------------------------------------------------- recipes and HF (offline)
