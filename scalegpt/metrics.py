@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from scalegpt._fs import write_text_atomically
+
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 
@@ -80,9 +82,7 @@ def truncate_after(path: Path, step: int, step_of) -> None:
                 kept.append(line + "\n")
         except (ValueError, IndexError, KeyError, json.JSONDecodeError):
             continue
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, "".join(kept))
 
 
 def read_log(path) -> dict[str, list[tuple[int, float]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scalegpt._fs import atomic_file
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import LOG_FILE, read_log
 
@@ -107,8 +108,9 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)  # a viewer never sees a half-written image
+    try:
+        with atomic_file(out_path) as tmp:  # a viewer never sees a half-written image
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return out_path
