@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from scalegpt import distributed
 from scalegpt.checkpoint.sharded import load_training, save_training
 from scalegpt.config import DistConfig
 from scalegpt.errors import ScalegptError
@@ -80,9 +81,7 @@ class DistributedStrategy(Strategy):
     """The Strategy for torchrun jobs of 2+ processes: DDP or FSDP2 over NCCL (CUDA) or gloo (CPU)."""
 
     def __init__(self, config: DistConfig):
-        from scalegpt import distributed
-
-        self.dist, self.config = distributed, config
+        self.config = config
         self.info = distributed.init_distributed(config)
         self.rank, self.local_rank, self.world_size = self.info.rank, self.info.local_rank, self.info.world_size
         self.restart_count = self.info.restart_count
@@ -96,23 +95,23 @@ class DistributedStrategy(Strategy):
         return self.info.device
 
     def wrap_model(self, model: nn.Module, precision: str) -> nn.Module:
-        self.kind, reason = self.dist.choose_strategy(self.config, model, self.info)
+        self.kind, reason = distributed.choose_strategy(self.config, model, self.info)
         if self.is_main:
             print(f"parallelism: {self.kind} over {self.world_size} ranks ({reason})", flush=True)
         # FSDP's mixed-precision policy follows the trainer's precision.
-        return self.dist.parallelize(model, self.config, self.info, precision, self.kind)
+        return distributed.parallelize(model, self.config, self.info, precision, self.kind)
 
     def no_sync(self, model: nn.Module):
-        return self.dist.no_sync(model, is_last_micro_step=False)
+        return distributed.no_sync(model, is_last_micro_step=False)
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
-        return self.dist.clip_grad_norm(model, max_norm)
+        return distributed.clip_grad_norm(model, max_norm)
 
     def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        return self.dist.all_reduce_mean(value)
+        return distributed.all_reduce_mean(value)
 
     def any_rank(self, flag: bool) -> bool:
-        return self.dist.any_rank(flag)
+        return distributed.any_rank(flag)
 
     def broadcast_object(self, obj):
         box = [obj]
@@ -120,10 +119,10 @@ class DistributedStrategy(Strategy):
         return box[0]
 
     def barrier(self) -> None:
-        self.dist.barrier()
+        distributed.barrier()
 
     def teardown(self) -> None:
-        self.dist.destroy()
+        distributed.destroy()
 
 
 def make_strategy(dist_config: DistConfig) -> Strategy:

@@ -132,7 +132,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         from scalegpt.data import DataLoader, open_dataset
-        from scalegpt.tokenizer import tokenizer_from_spec
+        from scalegpt.tokenizer import token_byte_lengths, tokenizer_from_spec
 
         c = self.config
         if not c.data.dir:
@@ -159,6 +159,7 @@ class Trainer:
             splits = self.train_data.meta.get("splits", {})
             if splits.get(c.data.val_split, {}).get("num_tokens", 0) > 0:
                 self.val_data = open_dataset(c.data.dir, split=c.data.val_split)
+                self.byte_lengths = token_byte_lengths(self.tokenizer)  # bytes per token id, for bits per byte
             else:
                 self.say(f"no '{c.data.val_split}' split in {c.data.dir}: validation loss is off")
         self.hellaswag = None
@@ -229,9 +230,9 @@ class Trainer:
         return cfg_mod.to_toml(resolved)
 
     def save_checkpoint(self) -> Path:
-        c = self.config
         path = self.strategy.save_checkpoint(self.run_dir, self.step, self.raw_model, self.optimizer, self.state_dict(),
-                                             self.tokenizer_spec, self.checkpoint_config_toml(), c.checkpoint.keep_last)
+                                             self.tokenizer_spec, self.checkpoint_config_toml(),
+                                             self.config.checkpoint.keep_last)
         self.last_checkpoint = path
         self.guard.last_checkpoint = str(path)
         self.say(f"saved checkpoint {path}")
@@ -360,10 +361,8 @@ class Trainer:
                 batches = eval_batches(self.val_data, batch_size=c.eval.batch_size or c.train.micro_batch_size,
                                        seq_len=self.seq_len, max_tokens=c.eval.tokens, rank=self.strategy.rank,
                                        world_size=self.strategy.world_size, device=self.device)
-                from scalegpt.tokenizer import token_byte_lengths
-
                 result = evaluate_loss(self.raw_model, batches, self.device, autocast=self.autocast,
-                                       byte_lengths=token_byte_lengths(self.tokenizer))
+                                       byte_lengths=self.byte_lengths)
                 self.val_loss = result["loss"]
                 self.say(f"step {step}: val loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
                          f"bpb {result['bpb']:.4f}, {result['tokens']:,} tokens)")

@@ -86,9 +86,6 @@ def step_number(path: Path) -> int:
 
 def load_model_dir(directory, device="cpu"):
     """(model, tokenizer_spec) from a scalegpt model directory; weights via safetensors only."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     config = read_config(directory)
     if config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
@@ -100,18 +97,26 @@ def load_model_dir(directory, device="cpu"):
             f"{directory}: model vocab_size {model_config.vocab_size} does not match its tokenizer's "
             f"vocab_size {spec.get('vocab_size')} ({spec.get('kind')})"
         )
-    try:
-        state = load_file(str(directory / "model.safetensors"), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise ScalegptError(f"{directory / 'model.safetensors'}: cannot read weights ({e})") from None
     with torch.device("meta"):
         model = GPT(model_config)
     model = model.to_empty(device=device)
-    state = clean_state_dict(state)
-    state[TIED_KEY] = state.get("transformer.wte.weight")
-    load_state_checked(model, state, directory / "model.safetensors")
+    load_weights(model, directory)
     model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
     return model, spec
+
+
+def load_weights(model: torch.nn.Module, directory: Path) -> None:
+    """safetensors weights into `model` in place (the tie between wte and lm_head kept)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / "model.safetensors"
+    try:
+        state = clean_state_dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError) as e:
+        raise ScalegptError(f"{path}: cannot read weights ({e})") from None
+    state[TIED_KEY] = state.get("transformer.wte.weight")
+    load_state_checked(model, state, path)
 
 
 def load_state_checked(model, state: dict, source) -> None:
@@ -137,17 +142,3 @@ def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, 
               if k != "dropout" and saved_model.get(k) != v]
     if differ:
         raise ScalegptError(f"{directory}: checkpoint has another model shape than the config ({'; '.join(differ)})")
-
-
-def load_weights(model: torch.nn.Module, directory: Path) -> None:
-    """safetensors weights into `model` in place (the tie between wte and lm_head kept)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(directory) / "model.safetensors"
-    try:
-        state = clean_state_dict(load_file(str(path), device="cpu"))
-    except (SafetensorError, OSError) as e:
-        raise ScalegptError(f"{path}: cannot read weights ({e})") from None
-    state[TIED_KEY] = state.get("transformer.wte.weight")
-    load_state_checked(model, state, path)

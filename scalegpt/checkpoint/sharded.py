@@ -75,22 +75,23 @@ def load_training(directory, model: nn.Module, optimizer, model_config: dict, to
     if ranks and len(ranks) == world:
         state["rng"] = ranks[rank]
     optimizer_state = state.pop("optimizer", None)
-    try:
-        if (directory / DCP_DIR).is_dir():
-            load_dcp(model, optimizer, directory / DCP_DIR)
-        elif optimizer_state is None:
-            raise ScalegptError(f"{directory}: incomplete sharded checkpoint ({DCP_DIR}/ is missing); "
-                                "delete it to resume from the one before")
-        elif is_fsdp(model):
-            from safetensors.torch import load_file
+    if (directory / DCP_DIR).is_dir():
+        load_dcp(model, optimizer, directory / DCP_DIR)
+    elif optimizer_state is None:
+        raise ScalegptError(f"{directory}: incomplete sharded checkpoint ({DCP_DIR}/ is missing); "
+                            "delete it to resume from the one before")
+    elif is_fsdp(model):
+        from safetensors.torch import load_file
 
-            load_model_state(model, load_file(str(directory / "model.safetensors")))
-            load_optimizer_state(model, optimizer, optimizer_state)
-        else:
-            load_weights(model, directory)  # the single-process path: DDP wraps this same module
+        load_model_state(model, load_file(str(directory / "model.safetensors")))
+        load_optimizer_state(model, optimizer, optimizer_state)
+    else:
+        load_weights(model, directory)  # the single-process path: DDP wraps this same module
+        try:
             optimizer.load_state_dict(optimizer_state)
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise ScalegptError(f"{directory}: optimizer state does not fit this run ({str(e).splitlines()[0]})") from None
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise ScalegptError(f"{directory}: training state does not fit this run "
+                                f"({str(e).splitlines()[0]})") from None
     return state
 
 
