@@ -1,11 +1,14 @@
-"""HuggingFace GPT-2 interop: load HF GPT-2 weights into `GPT`, and export `GPT` as a HF GPT-2 directory.
+"""HuggingFace interop: load HF GPT-2, Llama and Qwen3 weights into `GPT`, and export `GPT` as a HF directory of
+the family its config belongs to (GPT-2 here; Llama and Qwen3 key maps in `scalegpt.hf_llama`).
 
-Our parameter names are HF's (`transformer.h.0.attn.c_attn.weight`, ...), so a conversion is a key map plus a transpose:
-HF's GPT-2 uses `Conv1D` layers whose weight is stored (in, out), where `nn.Linear` stores (out, in).
+Our parameter names are HF's GPT-2 names (`transformer.h.0.attn.c_attn.weight`, ...), so a GPT-2 conversion is a key
+map plus a transpose: HF's GPT-2 uses `Conv1D` layers whose weight is stored (in, out), where `nn.Linear` stores
+(out, in).
 
     load_pretrained(name_or_dir)                 -> GPT           (a checkpoint dir, an HF dir or a hub name)
     load_pretrained_with_tokenizer(name_or_dir)  -> (GPT, tokenizer spec or None)
     export_hf(model, tokenizer_spec, out_dir)    a directory transformers.AutoModelForCausalLM.from_pretrained reads
+    export_family(config)                        "gpt2", "llama" or "qwen3"; an error naming what no family expresses
 
 An exported directory also holds `scalegpt_tokenizer.json` (our tokenizer spec; HF tools ignore it), so importing it
 gives back the same tokenizer; for the gpt2 tokenizer the HF tokenizer files are written too.
@@ -22,6 +25,7 @@ import torch
 from scalegpt._fs import read_json_object, write_dir_atomically
 from scalegpt.checkpoint import TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked
 from scalegpt.errors import ScalegptError
+from scalegpt import hf_llama
 from scalegpt.model import GPT, GPTConfig, unwrap
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -30,6 +34,8 @@ TOKENIZER_SPEC_FILE = "scalegpt_tokenizer.json"
 GPT2_VOCAB_SIZE = 50257
 # HF activation_function -> our model.activation (gelu_new and gelu_pytorch_tanh are the same tanh approximation).
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+MODEL_TYPES = ("gpt2", *hf_llama.ARCHITECTURES)  # the HF families we read and write
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **hf_llama.ARCHITECTURES}
 
 
 def load_pretrained(name_or_dir: str, device: str | torch.device = "cpu") -> GPT:
@@ -52,8 +58,9 @@ def load_pretrained_with_tokenizer(name_or_dir: str, device: str | torch.device 
     if str(name_or_dir).removeprefix("openai-community/") in HUB_NAMES:
         return _load_hf_dir(_download(str(name_or_dir)), device)
     raise ScalegptError(
-        f"{name_or_dir}: no such model directory; expected a scalegpt checkpoint directory, a HuggingFace GPT-2 "
-        f"directory (config.json + model.safetensors or pytorch_model.bin), or one of {', '.join(HUB_NAMES)}"
+        f"{name_or_dir}: no such model directory; expected a scalegpt checkpoint directory, a HuggingFace GPT-2, "
+        f"Llama or Qwen3 directory (config.json + model.safetensors or pytorch_model.bin), or one of "
+        f"{', '.join(HUB_NAMES)}"
     )
 
 
@@ -168,21 +175,33 @@ def read_hf_weights(directory: Path) -> dict:
 
 
 def _load_hf_dir(directory: Path, device) -> tuple[GPT, dict | None]:
-    hf_config = _read_json(directory / "config.json")
+    source = directory / "config.json"
+    hf_config = _read_json(source)
     if hf_config.get("format") == "scalegpt":
         return load_model_dir(directory, device=device)  # ours but incomplete: let it say what is missing
-    config = hf_config_to_gpt(hf_config, directory / "config.json")
-    state = hf_state_to_gpt(read_hf_weights(directory), config)
-    spec = _hf_tokenizer_spec(directory, config)
+    model_type = hf_config.get("model_type")
+    if model_type is None:
+        raise ScalegptError(f"{source}: no model_type; expected one of {', '.join(MODEL_TYPES)}")
+    if model_type not in MODEL_TYPES:
+        raise ScalegptError(f"{source}: model_type '{model_type}' is not supported; "
+                            f"expected one of {', '.join(MODEL_TYPES)}")
+    if model_type == "gpt2":
+        config = hf_config_to_gpt(hf_config, source)
+        state = hf_state_to_gpt(read_hf_weights(directory), config)
+    else:
+        config = hf_llama.config_from_hf(hf_config, source)
+        state = hf_llama.state_from_hf(read_hf_weights(directory), config, directory)
+    spec = _hf_tokenizer_spec(directory, config, model_type == "gpt2")
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device=device)
     load_state_checked(model, state, directory)
-    model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
+    if config.tie_embeddings:
+        model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
     return model, spec
 
 
-def _hf_tokenizer_spec(directory: Path, config: GPTConfig) -> dict | None:
+def _hf_tokenizer_spec(directory: Path, config: GPTConfig, is_gpt2: bool) -> dict | None:
     path = directory / TOKENIZER_SPEC_FILE
     if path.is_file():
         spec = _read_json(path)
@@ -190,12 +209,55 @@ def _hf_tokenizer_spec(directory: Path, config: GPTConfig) -> dict | None:
             raise ScalegptError(f"{path}: tokenizer vocab_size {spec.get('vocab_size')} does not match the model's "
                                 f"vocab_size {config.vocab_size} in config.json")
         return spec
-    if config.vocab_size == GPT2_VOCAB_SIZE:
+    # GPT-2's vocabulary size says "GPT-2's tokenizer" for the GPT-2 family; another family must say so itself.
+    tokenizer_class = _tokenizer_class(directory)
+    if config.vocab_size == GPT2_VOCAB_SIZE and (is_gpt2 or tokenizer_class in ("GPT2Tokenizer", "GPT2TokenizerFast")):
         return {"kind": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "eot_id": GPT2_VOCAB_SIZE - 1}
     return None
 
 
+def _tokenizer_class(directory: Path) -> str | None:
+    path = directory / "tokenizer_config.json"
+    return _read_json(path).get("tokenizer_class") if path.is_file() else None
+
+
 # ---------------------------------------------------------------------------------------------------- scalegpt -> HF
+
+
+def gpt2_blockers(config: GPTConfig) -> list[str]:
+    """The options of `config` that HF's GPT-2 has not (empty: it exports as GPT-2)."""
+    why = []
+    for name, gpt2 in (("pos_emb", "learned"), ("norm", "layernorm"), ("norm_learnable", True), ("bias", True),
+                       ("qk_norm", False), ("tie_embeddings", True), ("embed_norm", False), ("value_embeds", False),
+                       ("residual_scalars", False), ("logit_softcap", 0.0)):
+        if getattr(config, name) != gpt2:
+            why.append(f"{name} = {_toml(getattr(config, name))} (GPT-2 has {_toml(gpt2)})")
+    if config.mlp not in GPT2_ACTIVATIONS.values():
+        why.append(f"mlp = '{config.mlp}' (GPT-2 has gelu_tanh or gelu)")
+    for name, gpt2 in (("mlp_hidden", 4 * config.n_embd), ("head_dim", config.n_embd // config.n_head),
+                       ("n_kv_head", config.n_head)):
+        if getattr(config, name) not in (0, gpt2):
+            why.append(f"{name} = {getattr(config, name)} (GPT-2 has {gpt2})")
+    if not math.isclose(config.norm_eps, 1e-5, rel_tol=1e-6):
+        why.append(f"norm_eps = {config.norm_eps} (GPT-2 has 1e-05)")
+    return why
+
+
+def export_family(config: GPTConfig) -> str:
+    """The HF family that expresses `config` exactly: "gpt2", "llama" or "qwen3" (with qk_norm). A config none of
+    them expresses is an error naming its options that stand in the way of the nearest family."""
+    gpt2, modern = gpt2_blockers(config), hf_llama.blockers(config)
+    if not gpt2:
+        return "gpt2"
+    if not modern:
+        return hf_llama.family(config)
+    nearest, why = ("GPT-2", gpt2) if len(gpt2) <= len(modern) else ("Llama/Qwen3", modern)
+    raise ScalegptError(f"this model cannot be exported to HuggingFace: no HF family has its options "
+                        f"(nearest {nearest}: {'; '.join(why)}); it stays usable as a scalegpt checkpoint")
+
+
+def _toml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def gpt_state_to_hf(model: GPT) -> dict:
@@ -242,15 +304,14 @@ def gpt_config_to_hf(config: GPTConfig, tokenizer_spec: dict | None) -> dict:
 
 
 def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool = False) -> Path:
-    """Write `out_dir` as a HF GPT-2 directory (config.json, model.safetensors, generation_config.json, tokenizer
-    files for gpt2). An existing non-empty `out_dir` is replaced only with overwrite=True, and only once the new
-    directory is complete."""
+    """Write `out_dir` as a HF GPT-2, Llama or Qwen3 directory, by `export_family(model.config)` (config.json,
+    model.safetensors, generation_config.json, tokenizer files for gpt2). An existing non-empty `out_dir` is replaced
+    only with overwrite=True, and only once the new directory is complete."""
     from safetensors.torch import save_file
 
     model = unwrap(model)
     config = model.config
-    if not config.bias:
-        raise ScalegptError("a model with bias=False cannot be exported: the GPT-2 format always has biases")
+    family = export_family(config)
     if tokenizer_spec is not None and tokenizer_spec.get("vocab_size") != config.vocab_size:
         raise ScalegptError(f"model vocab_size {config.vocab_size} does not match its tokenizer's vocab_size "
                             f"{tokenizer_spec.get('vocab_size')} ({tokenizer_spec.get('kind')})")
@@ -261,8 +322,15 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
         raise ScalegptError(f"{out}: directory exists and is not empty; "
                             "pass --overwrite (overwrite=True) to replace it")
 
-    state = gpt_state_to_hf(model)
-    hf_config = gpt_config_to_hf(config, tokenizer_spec)
+    if family == "gpt2":
+        state = gpt_state_to_hf(model)
+        hf_config = gpt_config_to_hf(config, tokenizer_spec)
+    else:
+        ours = clean_state_dict(model.state_dict())
+        state = hf_llama.state_to_hf(ours, config)
+        eot = tokenizer_spec.get("eot_id") if tokenizer_spec else None
+        # The SwiGLU width as built (config.mlp_hidden may be 0, "the Llama rule"): c_fc holds [gate; up].
+        hf_config = hf_llama.config_to_hf(config, ours["transformer.h.0.mlp.c_fc.weight"].shape[0] // 2, eot)
 
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})

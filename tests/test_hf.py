@@ -168,7 +168,7 @@ def test_export_refuses_to_clobber(tiny_model, tmp_path):
 
 
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
-    with pytest.raises(ScalegptError, match="bias=False cannot be exported"):
+    with pytest.raises(ScalegptError, match=r"cannot be exported to HuggingFace.*bias = false \(GPT-2 has true\)"):
         export_hf(GPT(preset_config("tiny", vocab_size=50, bias=False)), None, tmp_path / "a")
     with pytest.raises(ScalegptError, match="model vocab_size 50 does not match its tokenizer's vocab_size 50257"):
         export_hf(GPT(preset_config("tiny", vocab_size=50)), GPT2_SPEC, tmp_path / "b")
@@ -184,9 +184,9 @@ def _write_config(d, **changes):
 
 
 def test_other_architectures_and_unsupported_options_are_refused(hf_dir, tmp_path):
-    llama = _write_config(tmp_path / "llama", model_type="llama", architectures=["LlamaForCausalLM"])
-    with pytest.raises(ScalegptError, match="model_type 'llama' .* only GPT-2"):
-        load_pretrained(str(llama))
+    bert = _write_config(tmp_path / "bert", model_type="bert", architectures=["BertModel"])
+    with pytest.raises(ScalegptError, match="model_type 'bert' is not supported; expected one of gpt2, llama, qwen3"):
+        load_pretrained(str(bert))
     with pytest.raises(ScalegptError, match="layer_norm_epsilon must be 1e-05"):
         load_pretrained(str(_write_config(tmp_path / "eps", layer_norm_epsilon=1e-6)))
     with pytest.raises(ScalegptError, match="activation_function must be one of gelu_new, gelu_pytorch_tanh, gelu, got 'relu'"):

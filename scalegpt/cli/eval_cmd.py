@@ -23,7 +23,8 @@ def register(sub) -> None:
     hs = esub.add_parser("hellaswag", help="HellaSwag accuracy, completion style (prints a JSON line)")
     src = hs.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint directory, or a run directory (its latest)")
-    src.add_argument("--hf", metavar="NAME_OR_DIR", help="a HuggingFace GPT-2 directory or hub name (gpt2, gpt2-xl...)")
+    src.add_argument("--hf", metavar="NAME_OR_DIR",
+                     help="a HuggingFace GPT-2, Llama or Qwen3 directory, or a GPT-2 hub name (gpt2, gpt2-xl...)")
     hs.add_argument("--file", default=None,
                     help="HellaSwag jsonl or 6-line text file (.txt/.txt.bz2); default: download the official val set")
     hs.add_argument("--limit", type=int, default=None, help="only the first N examples")
@@ -52,7 +53,8 @@ def pick_device(name: str | None) -> str:
 
 
 def load_model(checkpoint: str | None, hf: str | None, device: str):
-    """(model, tokenizer) from a scalegpt checkpoint/run directory or a HF GPT-2 model; the spec must be known."""
+    """(model, tokenizer) from a scalegpt checkpoint/run directory or a HF GPT-2/Llama/Qwen3 model; the spec must
+    be known."""
     from scalegpt.errors import ScalegptError
     from scalegpt.tokenizer import tokenizer_from_spec
 

@@ -8,10 +8,11 @@ SEPARATOR = "-" * 40
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="generate text from a checkpoint or a HuggingFace GPT-2 model")
+    p = sub.add_parser("sample", help="generate text from a checkpoint or a HuggingFace GPT-2, Llama or Qwen3 model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint directory, or a run directory (its latest)")
-    src.add_argument("--hf", metavar="NAME_OR_DIR", help="a HuggingFace GPT-2 directory or hub name")
+    src.add_argument("--hf", metavar="NAME_OR_DIR",
+                     help="a HuggingFace GPT-2, Llama or Qwen3 directory, or a GPT-2 hub name")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document from end-of-text)")
     p.add_argument("--num-samples", type=int, default=1, help="samples drawn as one batch")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one sample per seed (e.g. 42,100,200,300)")
