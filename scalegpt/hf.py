@@ -32,7 +32,7 @@ HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TOKENIZER_SPEC_FILE = "scalegpt_tokenizer.json"
 GPT2_VOCAB_SIZE = 50257
-# HF activation_function -> our model.activation (gelu_new and gelu_pytorch_tanh are the same tanh approximation).
+# HF activation_function -> our model.mlp (gelu_new and gelu_pytorch_tanh are the same tanh approximation).
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 MODEL_TYPES = ("gpt2", *hf_llama.ARCHITECTURES)  # the HF families we read and write
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **hf_llama.ARCHITECTURES}
@@ -107,7 +107,7 @@ def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
             raise ScalegptError(f"{source}: '{key}' must be {str(expected).lower()}, got {hf[key]!r}")
     return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
                      n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
-                     activation=GPT2_ACTIVATIONS[act])
+                     mlp=GPT2_ACTIVATIONS[act])
 
 
 def hf_state_to_gpt(hf_state: dict, config: GPTConfig) -> dict:
@@ -196,8 +196,7 @@ def _load_hf_dir(directory: Path, device) -> tuple[GPT, dict | None]:
         model = GPT(config)
     model = model.to_empty(device=device)
     load_state_checked(model, state, directory)
-    if config.tie_embeddings:
-        model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
+    model.tie_weights()  # to_empty breaks the tie; restore it
     return model, spec
 
 
@@ -287,7 +286,7 @@ def gpt_config_to_hf(config: GPTConfig, tokenizer_spec: dict | None) -> dict:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        "activation_function": "gelu_new" if config.mlp == "gelu_tanh" else "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -328,9 +327,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
     else:
         ours = clean_state_dict(model.state_dict())
         state = hf_llama.state_to_hf(ours, config)
-        eot = tokenizer_spec.get("eot_id") if tokenizer_spec else None
-        # The SwiGLU width as built (config.mlp_hidden may be 0, "the Llama rule"): c_fc holds [gate; up].
-        hf_config = hf_llama.config_to_hf(config, ours["transformer.h.0.mlp.c_fc.weight"].shape[0] // 2, eot)
+        hf_config = hf_llama.config_to_hf(config, tokenizer_spec.get("eot_id") if tokenizer_spec else None)
 
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -13,6 +13,7 @@ and our embedding and head carry padded vocabulary rows that HF does not.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
@@ -43,14 +44,6 @@ FAMILY_DEFAULTS = {
     "llama": dict(num_key_value_heads=None, head_dim=None, max_position_embeddings=2048),
     "qwen3": dict(num_key_value_heads=32, head_dim=128, max_position_embeddings=32768),
 }
-
-
-def head_dim(config: GPTConfig) -> int:
-    return config.head_dim or config.n_embd // config.n_head
-
-
-def kv_heads(config: GPTConfig) -> int:
-    return config.n_kv_head or config.n_head
 
 
 def blockers(config: GPTConfig) -> list[str]:
@@ -109,13 +102,16 @@ def config_from_hf(hf: dict, source) -> GPTConfig:
     eps = hf.get("rms_norm_eps", 1e-6)
     if not isinstance(eps, (int, float)) or not eps > 0:
         raise ScalegptError(f"{source}: rms_norm_eps must be a positive number, got {eps!r}")
-    return GPTConfig(
+    config = GPTConfig(
         vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd,
         n_kv_head=0 if n_kv == n_head else n_kv, head_dim=0 if dim * n_head == n_embd else dim,
         block_size=block, dropout=0.0, bias=attn_bias, pos_emb="rope", rope_theta=float(_rope_theta(hf, source)),
         norm="rmsnorm", norm_learnable=True, norm_eps=float(eps), mlp="swiglu", mlp_hidden=hf["intermediate_size"],
         qk_norm=model_type == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
+    # Our mlp_hidden = 0 means Llama's rule; keep it 0 where the rule gives HF's width, so round trips are exact.
+    derived = dataclasses.replace(config, mlp_hidden=0)
+    return derived if derived.mlp_width == config.mlp_hidden else config
 
 
 def _check_int(hf: dict, key: str, default, source) -> int:
@@ -215,7 +211,7 @@ def _layer_module_from_hf(module: str) -> tuple[str, int | None] | None:
 def state_to_hf(state: dict, config: GPTConfig) -> dict:
     """HF tensors from our (clean) state dict: fused matrices split, padded vocabulary rows dropped, lm_head left
     out when tied (transformers ties it on load)."""
-    q_rows, kv_rows = config.n_head * head_dim(config), kv_heads(config) * head_dim(config)
+    q_rows, kv_rows = config.n_head * config.head_size, config.kv_heads * config.head_size
     out = {}
     for k, v in state.items():
         v = v.detach().to("cpu")
@@ -245,8 +241,8 @@ def state_to_hf(state: dict, config: GPTConfig) -> dict:
     return out
 
 
-def config_to_hf(config: GPTConfig, mlp_hidden: int, eot: int | None) -> dict:
-    """config.json for LlamaForCausalLM or Qwen3ForCausalLM. mlp_hidden: the real SwiGLU width (our 0 = a rule)."""
+def config_to_hf(config: GPTConfig, eot: int | None) -> dict:
+    """config.json for LlamaForCausalLM or Qwen3ForCausalLM; eot: the end-of-text id (bos and eos), if known."""
     kind = family(config)
     theta = config.rope_theta
     hf = {
@@ -254,11 +250,11 @@ def config_to_hf(config: GPTConfig, mlp_hidden: int, eot: int | None) -> dict:
         "model_type": kind,
         "vocab_size": config.vocab_size,  # the real vocabulary: padding is our speed trick, not part of the model
         "hidden_size": config.n_embd,
-        "intermediate_size": mlp_hidden,
+        "intermediate_size": config.mlp_width,
         "num_hidden_layers": config.n_layer,
         "num_attention_heads": config.n_head,
-        "num_key_value_heads": kv_heads(config),
-        "head_dim": head_dim(config),
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_size,
         "hidden_act": "silu",
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,

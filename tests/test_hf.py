@@ -92,14 +92,14 @@ def test_a_malicious_pickle_is_never_executed(hf_dir, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
-def test_export_loads_in_transformers_with_identical_logits(tmp_path, activation, hf_activation):
-    model = GPT(preset_config("tiny", vocab_size=VOCAB, activation=activation))  # padded to 256, 211 in the export
+@pytest.mark.parametrize("mlp, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+def test_export_loads_in_transformers_with_identical_logits(tmp_path, mlp, hf_activation):
+    model = GPT(preset_config("tiny", vocab_size=VOCAB, mlp=mlp))  # padded to 256, 211 in the export
     out = export_hf(model, None, tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["architectures"] == ["GPT2LMHeadModel"]
     assert config["activation_function"] == hf_activation
-    assert load_pretrained(str(out)).config.activation == activation
+    assert load_pretrained(str(out)).config.mlp == mlp
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert type(hf).__name__ == "GPT2LMHeadModel"
     idx = torch.randint(0, VOCAB, (2, 64))

@@ -5,6 +5,6 @@ from scalegpt.config.loading import (  # noqa: F401
     to_toml, validate,
 )
 from scalegpt.config.sections import (  # noqa: F401
-    ACTIVATIONS, CHOICES, PRESETS, CheckpointSection, Config, DataSection, DistConfig, EvalSection, GPTConfig,
-    GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, preset_config,
+    CHOICES, LEGACY_MODEL_KEYS, MLPS, NORMS, POS_EMBS, PRESETS, CheckpointSection, Config, DataSection, DistConfig,
+    EvalSection, GPTConfig, GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, preset_config,
 )
