@@ -115,7 +115,8 @@ def config_from_hf(hf: dict, source) -> GPTConfig:
 
 
 def _check_int(hf: dict, key: str, default, source) -> int:
-    value = hf.get(key, default) if hf.get(key) is not None else default
+    value = hf.get(key)
+    value = default if value is None else value
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ScalegptError(f"{source}: '{key}' must be a positive integer, got {hf.get(key)!r}")
     return value

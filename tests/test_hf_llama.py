@@ -141,11 +141,16 @@ def test_export_loads_in_transformers_with_equal_logits(case, tmp_path):
     assert torch.equal(_logits(back, idx), _logits(model, idx))
 
 
-def test_round_trip_keeps_the_config(tmp_path):
-    config = _modern(qk_norm=True, tie_embeddings=False, mlp_hidden=128, head_dim=0)
+@pytest.mark.parametrize("changes, derived", [
+    (dict(qk_norm=True, tie_embeddings=False, mlp_hidden=128), {}),
+    # explicit values equal to the derived ones (head_dim = n_embd / n_head, n_kv_head = n_head) come back as 0
+    (dict(mlp_hidden=192, head_dim=16, n_kv_head=4, rope_theta=1e6), dict(mlp_hidden=0, head_dim=0, n_kv_head=0)),
+])
+def test_round_trip_keeps_the_config(changes, derived, tmp_path):
+    config = _modern(**changes)
     export_hf(GPT(config), None, tmp_path / "out")
     back = load_pretrained(str(tmp_path / "out"))
-    assert back.config.to_dict() == config.to_dict()
+    assert back.config.to_dict() == {**config.to_dict(), **derived}
 
 
 @pytest.mark.parametrize("changes, named", [
@@ -238,6 +243,21 @@ def test_gpt2_tokenizer_travels_with_a_llama_export(tmp_path, shakespeare_text):
     assert load_pretrained_with_tokenizer(str(out))[1] == GPT2_SPEC  # tokenizer_config.json says GPT2Tokenizer
     (out / "tokenizer_config.json").unlink()
     assert load_pretrained_with_tokenizer(str(out))[1] is None  # a Llama vocabulary of 50257 proves nothing
+
+
+def test_hellaswag_eval_of_a_llama_export_through_the_cli(tmp_path, data_dir, run_cli):
+    from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag
+
+    model = GPT(_modern(vocab_size=50257, n_embd=32, n_head=2, n_kv_head=1, block_size=128)).eval()
+    export_hf(model, GPT2_SPEC, tmp_path / "hf")
+    rc, out, err = run_cli("eval", "hellaswag", "--hf", tmp_path / "hf", "--no-progress", "--device", "cpu",
+                           "--file", data_dir / "hellaswag_val_sample.jsonl")
+    assert rc == 0, err
+    examples = load_hellaswag(data_dir / "hellaswag_val_sample.jsonl")
+    expected = evaluate_hellaswag(model, get_tokenizer("gpt2"), examples, progress=False)
+    got = json.loads(out)
+    assert got["examples"] == len(examples)
+    assert got["acc"] == pytest.approx(expected["acc"]) and got["acc_norm"] == pytest.approx(expected["acc_norm"])
 
 
 def test_char_tokenizer_export_samples_back_through_the_cli(tmp_path, shakespeare_text, run_cli):
