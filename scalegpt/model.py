@@ -40,11 +40,20 @@ def attention(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_p: fl
                                           enable_gqa=gqa)
 
 
+class RMSNorm(nn.RMSNorm):
+    """torch's RMSNorm, computed in fp32 and cast back (as HF Llama does): under bf16 autocast the mean square keeps
+    full precision, and torch's fused kernel runs (it refuses a bf16 input with an fp32 weight)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
+
+
 def Norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
     """The model's normalisation layer over the last `dim` features (default n_embd)."""
     dim = dim or config.n_embd
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+        return RMSNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
     return nn.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable,
                         bias=config.bias and config.norm_learnable)
 
@@ -80,8 +89,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
         if config.qk_norm:
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+            self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
         self.rotary = Rotary(self.head_dim, config.rope_theta) if config.pos_emb == "rope" else None
         if value_embeds:  # how much of the token's value embedding each kv head takes, from the input: 2*sigmoid
             self.ve_gate = nn.Linear(config.n_embd, self.n_kv_head, bias=False)
