@@ -176,15 +176,17 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
 
 
 @pytest.mark.parametrize("option, named", [
-    (dict(pos_emb="rope"), "pos_emb=rope"), (dict(norm="rmsnorm"), "norm=rmsnorm"), (dict(mlp="relu2"), "mlp=relu2"),
-    (dict(mlp="swiglu"), "mlp=swiglu"), (dict(tie_embeddings=False), "tie_embeddings=False"),
-    (dict(qk_norm=True), "qk_norm=True"), (dict(n_kv_head=1), "n_kv_head=1"), (dict(logit_softcap=15.0), "logit_softcap=15.0"),
-    (dict(embed_norm=True), "embed_norm=True"), (dict(value_embeds=True), "value_embeds=True"),
-    (dict(residual_scalars=True), "residual_scalars=True"), (dict(norm_learnable=False), "norm_learnable=False"),
+    (dict(pos_emb="rope"), "pos_emb = 'rope'"), (dict(norm="rmsnorm"), "norm = 'rmsnorm'"),
+    (dict(mlp="relu2"), "mlp = 'relu2'"), (dict(mlp="swiglu"), "mlp = 'swiglu'"),
+    (dict(tie_embeddings=False), "tie_embeddings = false"), (dict(qk_norm=True), "qk_norm = true"),
+    (dict(n_kv_head=1), "n_kv_head = 1"), (dict(logit_softcap=15.0), "logit_softcap = 15.0"),
+    (dict(embed_norm=True), "embed_norm = true"), (dict(value_embeds=True), "value_embeds = true"),
+    (dict(residual_scalars=True), "residual_scalars = true"), (dict(norm_learnable=False), "norm_learnable = false"),
 ])
 def test_export_names_the_option_gpt2_cannot_express(tmp_path, option, named):
-    with pytest.raises(ScalegptError, match=f"a model with {named} cannot be exported as GPT-2"):
+    with pytest.raises(ScalegptError, match="cannot be exported to HuggingFace") as e:
         export_hf(GPT(preset_config("tiny", vocab_size=50, **option)), None, tmp_path / "out")
+    assert f"nearest GPT-2: {named} (GPT-2 has" in str(e.value)
     assert not (tmp_path / "out").exists()
     # Spelled out at their GPT-2 values, the same options export.
     export_hf(GPT(preset_config("tiny", vocab_size=50, n_kv_head=2, head_dim=16, mlp_hidden=128)), None, tmp_path / "ok")
