@@ -213,6 +213,14 @@ def test_import_refuses_what_scalegpt_does_not_compute(model_type, changes, erro
     assert str(d / "config.json") in str(e.value)
 
 
+def test_import_reads_sharded_checkpoints(tmp_path):
+    hf = _build_hf("qwen3", num_attention_heads=4, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False)
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    idx = torch.randint(0, VOCAB, (1, 32))
+    assert (_logits(load_pretrained(str(tmp_path)), idx) - _logits(hf, idx)).abs().max() <= 1e-4
+
+
 def test_import_refuses_unknown_and_missing_tensors(hf_case, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -283,3 +291,11 @@ def test_cli_export_refusal_is_one_line_with_exit_code_2(tmp_path, run_cli):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "mlp = 'relu2'" in lines[0] and "value_embeds = true" in lines[0]
     assert not (tmp_path / "hf").exists()
+
+
+def test_cli_import_refusal_is_one_line_with_exit_code_2(tmp_path, run_cli):
+    d = _hf_config(tmp_path / "scaled", rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    rc, out, err = run_cli("sample", "--hf", d, "--max-new-tokens", "2", "--device", "cpu")
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "config.json: rope_scaling with rope_type 'llama3' is not supported" in lines[0]
