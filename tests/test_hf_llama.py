@@ -268,15 +268,28 @@ def test_hellaswag_eval_of_a_llama_export_through_the_cli(tmp_path, data_dir, ru
     assert got["acc"] == pytest.approx(expected["acc"]) and got["acc_norm"] == pytest.approx(expected["acc_norm"])
 
 
-def test_char_tokenizer_export_samples_back_through_the_cli(tmp_path, shakespeare_text, run_cli):
-    tok = get_tokenizer("char", text=shakespeare_text)
+def _tokenizer(kind: str, text: str, tmp_path):
+    if kind == "char":
+        return get_tokenizer("char", text=text)
+    from scalegpt.tokenizer import train_sentencepiece
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "part.txt").write_text(text[:100_000], encoding="utf-8")
+    return get_tokenizer(str(train_sentencepiece([tmp_path / "corpus"], 512, tmp_path / "sp")))
+
+
+@pytest.mark.parametrize("kind", ["char", "sentencepiece"])
+def test_char_and_sentencepiece_exports_sample_back_through_the_cli(kind, tmp_path, shakespeare_text, run_cli):
+    tok = _tokenizer(kind, shakespeare_text, tmp_path)
     spec = tok.spec()
     model = GPT(_modern(vocab_size=tok.vocab_size, qk_norm=True))
     save_model_dir(model, tmp_path / "ckpt", tokenizer_spec=spec)
     rc, out, err = run_cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf")
     assert rc == 0, err
-    assert "as Qwen3ForCausalLM" in out and "tokenizer char" in out
-    assert not (tmp_path / "hf" / "vocab.json").exists()  # HF has no character tokenizer: ours travels alone
+    assert "as Qwen3ForCausalLM" in out and f"tokenizer {kind}" in out
+    # HF has no counterpart written for these tokenizers: ours travels alone, in scalegpt_tokenizer.json
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors",
+                                                             "generation_config.json", "scalegpt_tokenizer.json"}
     assert load_pretrained_with_tokenizer(str(tmp_path / "hf"))[1] == spec
     rc, out, err = run_cli("sample", "--hf", tmp_path / "hf", "--prompt", "ROMEO:", "--max-new-tokens", "8",
                            "--temperature", "0", "--device", "cpu")
