@@ -49,12 +49,11 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
-def Norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
-    """The model's normalisation layer over the last `dim` features (default n_embd)."""
-    dim = dim or config.n_embd
+def Norm(config: GPTConfig) -> nn.Module:
+    """The model's normalisation layer over the residual stream's n_embd features."""
     if config.norm == "rmsnorm":
-        return RMSNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
-    return nn.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable,
+        return RMSNorm(config.n_embd, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, elementwise_affine=config.norm_learnable,
                         bias=config.bias and config.norm_learnable)
 
 
@@ -88,7 +87,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
-        if config.qk_norm:
+        self.q_norm = self.k_norm = None
+        if config.qk_norm:  # per head, over head_dim
             self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
             self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
         self.rotary = Rotary(self.head_dim, config.rope_theta) if config.pos_emb == "rope" else None
@@ -103,7 +103,7 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.split, dim=2)
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))  # (B, T, heads, head_dim)
-        if hasattr(self, "q_norm"):
+        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if ve is not None:
             v = v + 2 * torch.sigmoid(self.ve_gate(x)).unsqueeze(-1) * ve.view_as(v)

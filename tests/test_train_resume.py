@@ -94,6 +94,7 @@ def test_resume_is_bit_identical_with_model_options(tmp_path, tiny_data, run_cli
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     rc, out, err = run_cli("train", *cli_args(tiny_data, full, **run_options))
     assert rc == 0, err
+    assert "pos_emb=rope, norm=rmsnorm" in out  # the model line names the switches in use
     val = [float(x.split()[2]) for x in (full / "log.txt").read_text().splitlines() if " val " in x]
     assert val[-1] < val[0]  # it learns
     assert run_cli("train", *cli_args(tiny_data, resumed, **{**run_options, "train__max_steps": 4}))[0] == 0
