@@ -153,7 +153,7 @@ class HarnessLM(LM):
 # -------------------------------------------------------------------------------------------------- tasks and running
 
 
-def local_task_config(task_manager, task: str, path) -> dict:
+def local_task_config(task_manager, task: str, path, num_fewshot: int | None = None) -> dict:
     """The harness's own config of `task`, reading its evaluation split from a local JSON-lines file instead."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -164,6 +164,10 @@ def local_task_config(task_manager, task: str, path) -> dict:
     if entry is None or entry.yaml_path is None or str(entry.kind).split(".")[-1].lower() != "task":
         raise ScalegptError(f"--task-file {task}=...: '{task}' is not a single harness task defined by a YAML file")
     cfg = dict(load_yaml(entry.yaml_path, resolve_func=True))
+    if num_fewshot is None and (cfg.get("num_fewshot") or 0) > 0:
+        raise ScalegptError(f"--task-file {task}=...: '{task}' is {cfg['num_fewshot']}-shot, with examples from the "
+                            "hub's training split, which a local file does not have: pass --num-fewshot 0 (or write "
+                            "your own task YAML for --include-path)")
     split = cfg.get("test_split") or cfg.get("validation_split") or "validation"
     cfg.update(task=f"{task}_local", dataset_path="json", dataset_name=None,
                dataset_kwargs={"data_files": {split: str(path.resolve())}}, training_split=None, fewshot_split=None,
@@ -180,10 +184,12 @@ def _is_network_error(e: BaseException) -> bool:
         s in text for s in ("offline", "connection", "couldn't reach", "network is unreachable", "max retries"))
 
 
-def load_tasks(task_manager, tasks: list[str], task_files: dict[str, str] | None = None) -> list:
+def load_tasks(task_manager, tasks: list[str], task_files: dict[str, str] | None = None,
+               num_fewshot: int | None = None) -> list:
     """Task objects, built one by one so a failure names its task (a hub dataset without network: NO_NETWORK)."""
     specs = [(name, name) for name in tasks]
-    specs += [(f"{name}_local", local_task_config(task_manager, name, path)) for name, path in (task_files or {}).items()]
+    specs += [(f"{name}_local", local_task_config(task_manager, name, path, num_fewshot))
+              for name, path in (task_files or {}).items()]
     built = []
     for name, spec in specs:
         if isinstance(spec, str) and spec not in task_manager.task_index:
@@ -222,7 +228,9 @@ def run_harness(lm: HarnessLM, tasks: list[str], task_files: dict[str, str] | No
     if limit is not None and limit < 1:
         raise ScalegptError(f"--limit must be >= 1, got {limit}")
     manager = task_manager(include_path)
-    task_objects = load_tasks(manager, tasks, task_files)
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ScalegptError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    task_objects = load_tasks(manager, tasks, task_files, num_fewshot)
     results = lm_eval.simple_evaluate(model=lm, tasks=task_objects, task_manager=manager, limit=limit,
                                       num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0)
     if results is None:

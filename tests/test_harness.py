@@ -128,6 +128,45 @@ def test_exported_hf_directory_gives_the_same_scores(run_cli, tmp_path, data_dir
     assert outs[0]["acc_norm,none"] == pytest.approx(outs[1]["acc_norm,none"])
 
 
+CAPITALS_YAML = """task: capitals
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: What is the capital of {{{{country}}}}?\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+CAPITALS = [("France", ["Paris", "Rome", "Madrid"], 0), ("Italy", ["Paris", "Rome", "Madrid"], 1),
+            ("Spain", ["Lisbon", "Madrid"], 1), ("Japan", ["Tokyo", "Kyoto", "Osaka", "Nara"], 0)]
+
+
+def test_own_task_yaml_from_include_path_equals_direct_scores(run_cli, tmp_path, gpt2_tok, offline_hf):
+    pytest.importorskip("lm_eval")
+    rows = tmp_path / "capitals.jsonl"
+    rows.write_text("".join(json.dumps({"country": c, "choices": ch, "answer": a}) + "\n" for c, ch, a in CAPITALS))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "capitals.yaml").write_text(CAPITALS_YAML.format(path=rows))
+    model = gpt2_model(64, seed=11)
+    save_model_dir(model, tmp_path / "ckpt", tokenizer_spec=GPT2_SPEC)
+    rc, out, err = run_cli("eval", "harness", "--checkpoint", tmp_path / "ckpt", "--include-path", tmp_path / "tasks",
+                           "--tasks", "capitals")
+    assert rc == 0, err
+    scores = json.loads(out)["results"]["capitals"]
+    correct = correct_norm = 0
+    for country, choices, answer in CAPITALS:
+        lls = np.array([direct_loglikelihood(model, gpt2_tok, f"Question: What is the capital of {country}?\nAnswer:",
+                                             " " + c) for c in choices])
+        correct += int(np.argmax(lls) == answer)
+        correct_norm += int(np.argmax(lls / np.array([len(c) for c in choices])) == answer)
+    assert scores["acc,none"] == pytest.approx(correct / 4) and scores["acc_norm,none"] == pytest.approx(correct_norm / 4)
+
+
 def test_loglikelihood_rolling_and_generate_until_against_direct_computation(gpt2_tok):
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
@@ -190,6 +229,9 @@ def test_task_needing_the_network_offline_is_one_line(run_cli, tmp_path, offline
     rc, _, err = run_cli("eval", "harness", "--checkpoint", tmp_path / "ckpt", "--task-file",
                          f"hellaswag={tmp_path / 'missing.jsonl'}")
     assert rc == 2 and "missing.jsonl: no such file" in err
+    rc, _, err = run_cli("eval", "harness", "--checkpoint", tmp_path / "ckpt", "--task-file",
+                         f"gsm8k={tmp_path / 'ckpt' / 'config.json'}")
+    assert rc == 2 and "'gsm8k' is 5-shot" in err and "--num-fewshot 0" in err
 
 
 def test_without_lm_eval_installed_the_command_says_what_to_install(run_cli, tmp_path, monkeypatch):
