@@ -145,10 +145,13 @@ def group_stats(groups: dict[str, list[RunSummary]]) -> dict:
     names = [n for n in groups if len(finals[n]) >= 2]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            t, p = welch(finals[a], finals[b])
+            undefined = len(set(finals[a])) == 1 and len(set(finals[b])) == 1
+            t, p = (math.nan, math.nan) if undefined else welch(finals[a], finals[b])
+            undefined = undefined or math.isnan(p)
             out["tests"].append({"a": a, "b": b, "metric": "final_val_loss", "test": "Welch's t-test (two-sided)",
-                                 "t": t, "p": p, "n_a": len(finals[a]), "n_b": len(finals[b])})
-            if math.isnan(p):
+                                 "t": None if undefined else t, "p": None if undefined else p,
+                                 "n_a": len(finals[a]), "n_b": len(finals[b])})
+            if undefined:
                 out["notes"].append(f"{a} vs {b}: the t-test is undefined (both groups have zero variance)")
     return out
 
@@ -197,6 +200,8 @@ def format_groups(stats: dict) -> str:
         rows.append(cells)
     lines = [_table(header, rows), "(mean ± sample standard deviation over the runs of each group)"]
     for t in stats["tests"]:
+        if t["p"] is None:
+            continue  # explained by a note
         lines.append(f"{t['a']} vs {t['b']}: final val loss, {t['test']}: t = {t['t']:.3f}, p = {t['p']:.4g} "
                      f"(n = {t['n_a']}, {t['n_b']})")
     lines += [f"note: {n}" for n in stats["notes"]]

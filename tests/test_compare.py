@@ -86,6 +86,14 @@ def test_single_runs_a_one_run_group_and_the_figure(run_cli, groups, tmp_path):
     assert result["notes"] == ["group B has 1 run(s) with a final val loss: no standard deviation and no t-test for "
                                "it (needs >= 2 runs)"]
     assert result["groups"]["B"]["final_val_loss"]["std"] is None
+    for i in range(2):  # zero variance in both groups: scipy's p is nan; said in a note, valid JSON
+        write_run(tmp_path / "same_a" / f"s{i}", 1.5)
+        write_run(tmp_path / "same_b" / f"s{i}", 1.6)
+    rc, out, err = run_cli("compare", "--group", f"A={tmp_path}/same_a/s*", "--group", f"B={tmp_path}/same_b/s*",
+                           "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["tests"][0]["p"] is None and "undefined (both groups have zero variance)" in result["notes"][0]
 
 
 @pytest.mark.parametrize("content, message", [
