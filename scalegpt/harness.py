@@ -18,6 +18,8 @@ Rows longer than the block lose the start of their context (left truncation); re
 Local tasks (offline): `task_files={"hellaswag": FILE}` runs the harness's own task definition (prompt, preprocessing,
 metrics) on a local JSON-lines file of the hub dataset's rows, as task `hellaswag_local`; `include_path` adds a
 directory of the user's task YAML files (`dataset_path: json`, `dataset_kwargs: {data_files: ...}`).
+
+Written against lm-eval 0.4.13 (its TaskManager index and YAML loader, used for `task_files`).
 """
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def local_task_config(task_manager, task: str, path, num_fewshot: int | None = N
     if not path.is_file():
         raise ScalegptError(f"--task-file {task}={path}: no such file")
     entry = task_manager.task_index.get(task)
-    if entry is None or entry.yaml_path is None or str(entry.kind).split(".")[-1].lower() != "task":
+    if entry is None or entry.yaml_path is None or entry.kind.name != "TASK":
         raise ScalegptError(f"--task-file {task}=...: '{task}' is not a single harness task defined by a YAML file")
     cfg = dict(load_yaml(entry.yaml_path, resolve_func=True))
     if num_fewshot is None and (cfg.get("num_fewshot") or 0) > 0:
