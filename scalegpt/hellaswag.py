@@ -6,6 +6,12 @@ lowest mean loss per ending token (which does not favour short endings). Referen
 examples: GPT-2 124M acc 0.2859, acc_norm 0.2955 (build-nanogpt's published figures; the lm-eval harness, which scores
 differently, reports 31.14%).
 
+`convention="harness"` scores as lm-evaluation-harness's `hellaswag` task instead: the prompt is
+"<activity_label>: <ctx_a> <Ctx_b>" with the harness's cleaning (" [title]" -> ". ", other [tags] removed), each
+cleaned ending is scored as " " + ending (its ids split off the encoding of the whole text, as the harness's HF model
+does), and `acc_norm` divides the log-likelihood by the ending's length in characters (GPT-2 124M: acc_norm 0.311).
+`scalegpt eval harness` (scalegpt.harness) gives the same acc and acc_norm on the same model and file.
+
 Speed: examples are sorted by length and packed `batch_size` examples x 4 endings per forward, right-padded; padding
 is excluded from the loss by targets of -1, and causal attention keeps it from touching real positions. A row longer
 than the model's block is cut from the left (the start of the context goes first); ending tokens cut with it, or left
@@ -25,6 +31,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +51,20 @@ class HellaSwagExample:
     endings: list[str]
     label: int
     where: str = ""  # "file:line", for messages
+    activity_label: str = ""  # the harness convention's prompt is built from these three
+    ctx_a: str | None = None  # None: ctx as a whole
+    ctx_b: str = ""
+
+    def harness_query(self) -> str:
+        """The context as lm-evaluation-harness's hellaswag task writes it: "<activity>: <ctx_a> <Ctx_b>", cleaned."""
+        ctx = self.ctx if self.ctx_a is None else self.ctx_a + " " + self.ctx_b.capitalize()
+        return harness_preprocess(f"{self.activity_label}: {ctx}" if self.activity_label else ctx)
+
+
+def harness_preprocess(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag text cleaning: WikiHow's " [title]" becomes ". ", other [tags] go."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
@@ -132,7 +153,11 @@ def _parse_jsonl(path: Path, lines: list[str], limit: int | None) -> list[HellaS
         label = d["label"]
         if isinstance(label, str) and label.isdigit():
             label = int(label)
-        out.append(_checked(d["ctx"], d["endings"], label, where))
+        ex = _checked(d["ctx"], d["endings"], label, where)
+        if isinstance(d.get("ctx_a"), str) and isinstance(d.get("ctx_b"), str):
+            ex.ctx_a, ex.ctx_b = d["ctx_a"], d["ctx_b"]
+        ex.activity_label = d["activity_label"] if isinstance(d.get("activity_label"), str) else ""
+        out.append(ex)
     return out
 
 
@@ -150,8 +175,10 @@ def _parse_text(path: Path, lines: list[str], limit: int | None) -> list[HellaSw
             raise ScalegptError(f"{where}: incomplete HellaSwag task ({len(task)} of 6 lines: '<label>: <context>', "
                                 "the answer 0-3, 4 endings)")
         head = task[0]
-        ctx = head.split(": ", 1)[1] if ": " in head else head
-        out.append(_checked(ctx, task[2:6], int(task[1]), where))
+        activity, ctx = head.split(": ", 1) if ": " in head else ("", head)
+        ex = _checked(ctx, task[2:6], int(task[1]), where)
+        ex.activity_label = activity
+        out.append(ex)
     return out
 
 
@@ -168,11 +195,29 @@ def _checked(ctx, endings, label, where: str) -> HellaSwagExample:
 # ------------------------------------------------------------------------------------------------------------ scoring
 
 
-def encode_examples(tokenizer, examples: list[HellaSwagExample]) -> list[tuple[list[int], list[list[int]]]]:
-    """(context ids, 4 x ending ids) per example; each ending is encoded with its leading space, as GPT-2 saw text."""
-    ctxs = tokenizer.encode_batch([ex.ctx for ex in examples])
-    ends = tokenizer.encode_batch([" " + e for ex in examples for e in ex.endings])
-    return [(ctxs[i], ends[4 * i:4 * i + 4]) for i in range(len(examples))]
+CONVENTIONS = ("completion", "harness")
+
+
+def encode_examples(tokenizer, examples: list[HellaSwagExample],
+                    convention: str = "completion") -> list[tuple[list[int], list[list[int]]]]:
+    """(context ids, 4 x ending ids) per example; each ending is encoded with its leading space, as GPT-2 saw text.
+
+    completion: context and " " + ending encoded apart. harness: the harness's cleaned query and endings, and the
+    ending's ids are what follows the query's ids in the encoding of query + " " + ending (as its HF model splits)."""
+    if convention == "completion":
+        ctxs = tokenizer.encode_batch([ex.ctx for ex in examples])
+        ends = tokenizer.encode_batch([" " + e for ex in examples for e in ex.endings])
+        return [(ctxs[i], ends[4 * i:4 * i + 4]) for i in range(len(examples))]
+    queries = [ex.harness_query() for ex in examples]
+    ctxs = tokenizer.encode_batch(queries)
+    wholes = tokenizer.encode_batch([q + " " + harness_preprocess(e) for q, ex in zip(queries, examples)
+                                     for e in ex.endings])
+    return [(ctxs[i], [w[len(ctxs[i]):] for w in wholes[4 * i:4 * i + 4]]) for i in range(len(examples))]
+
+
+def harness_ending_lengths(examples: list[HellaSwagExample]) -> torch.Tensor:
+    """(N, 4) characters of each cleaned ending: the harness's acc_norm divisor."""
+    return torch.tensor([[len(harness_preprocess(e)) for e in ex.endings] for ex in examples], dtype=torch.float64)
 
 
 def candidate_row(ctx: list[int], end: list[int], block_size: int) -> tuple[list[int], int]:
@@ -225,7 +270,7 @@ def _scored_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return losses
 
 
-def _prepare(model, tokenizer, examples):
+def _prepare(model, tokenizer, examples, convention: str = "completion"):
     from scalegpt.tokenizer import tokenizer_from_spec
 
     if isinstance(tokenizer, dict):
@@ -235,7 +280,9 @@ def _prepare(model, tokenizer, examples):
     vocab = model_config(model).vocab_size
     if tokenizer.vocab_size > vocab:
         raise ScalegptError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab}")
-    encoded = encode_examples(tokenizer, examples)
+    if convention not in CONVENTIONS:
+        raise ScalegptError(f"HellaSwag convention must be one of {', '.join(CONVENTIONS)}, got '{convention}'")
+    encoded = encode_examples(tokenizer, examples, convention)
     # Longest first, so similar lengths share a batch (little padding) and a memory problem shows up at once.
     order = sorted(range(len(examples)), key=lambda i: -max(len(encoded[i][0]) + len(e) for e in encoded[i][1]))
     return encoded, order
@@ -245,15 +292,17 @@ def _batches(order, batch_size: int):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def hellaswag_scores(model, tokenizer, examples, device="cpu", batch_size: int = 16, autocast=None):
+def hellaswag_scores(model, tokenizer, examples, device="cpu", batch_size: int = 16, autocast=None,
+                     convention: str = "completion"):
     """(summed ending losses, scored token counts), each (N, 4), in the order of examples. No ranks, no progress."""
     from scalegpt.generate import eval_mode, model_config
 
     autocast = autocast if autocast is not None else contextlib.nullcontext()
-    encoded, order = _prepare(model, tokenizer, examples)
+    encoded, order = _prepare(model, tokenizer, examples, convention)
     sums = torch.zeros(len(examples), 4, dtype=torch.float64)
     counts = torch.zeros(len(examples), 4, dtype=torch.long)
-    block = model_config(model).block_size
+    # The harness keeps block_size + 1 tokens of a long row (block_size inputs); build-nanogpt style keeps block_size.
+    block = model_config(model).block_size + (convention == "harness")
     with eval_mode(model):
         for chunk in _batches(order, batch_size):
             s, c = _score_batch(model, [encoded[i] for i in chunk], block, device, autocast)
@@ -261,15 +310,19 @@ def hellaswag_scores(model, tokenizer, examples, device="cpu", batch_size: int =
     return sums, counts
 
 
-def predictions(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(argmin of summed loss, argmin of mean loss per token), each (N,)."""
-    return sums.argmin(dim=1), (sums / counts.clamp(min=1)).argmin(dim=1)
+def predictions(sums: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmin of summed loss, argmin of loss / norm), each (N,); norm: scored tokens (completion) or characters of
+    the ending (harness). Ties go to the first ending, as the harness's argmax does."""
+    return sums.argmin(dim=1), (sums / norms.clamp(min=1)).argmin(dim=1)
 
 
 def evaluate_hellaswag(model, tokenizer, examples, device="cpu", batch_size: int = 16, autocast=None,
-                       rank: int | None = None, world_size: int | None = None, progress: bool = True) -> dict:
+                       rank: int | None = None, world_size: int | None = None, progress: bool = True,
+                       convention: str = "completion") -> dict:
     """{"examples": N, "acc": ..., "acc_norm": ...} over all examples.
 
+    convention: "completion" (build-nanogpt: acc_norm by mean loss per ending token) or "harness" (lm-evaluation-
+    harness's hellaswag task: cleaned prompt, acc_norm by log-likelihood per character of the ending).
     tokenizer: a scalegpt tokenizer or its spec. Each rank scores examples[rank::world_size] (by default the rank and
     world size of the initialised process group); the counts are then all-reduced, so every rank returns the total."""
     from scalegpt.evaluate import distributed_world, in_lockstep
@@ -283,18 +336,20 @@ def evaluate_hellaswag(model, tokenizer, examples, device="cpu", batch_size: int
     synced = world_size > 1 and auto_world > 1
     autocast = autocast if autocast is not None else contextlib.nullcontext()
     shard = list(examples)[rank::world_size]
-    encoded, order = _prepare(model, tokenizer, shard)
+    encoded, order = _prepare(model, tokenizer, shard, convention)
+    lengths = harness_ending_lengths(shard) if convention == "harness" else None
     labels = torch.tensor([ex.label for ex in shard], dtype=torch.long)
     counts = torch.zeros(3, dtype=torch.float64)  # examples, correct by summed loss, correct by mean loss
     batches = _batches(order, batch_size)
-    block = model_config(model).block_size
+    # The harness keeps block_size + 1 tokens of a long row (block_size inputs); build-nanogpt style keeps block_size.
+    block = model_config(model).block_size + (convention == "harness")
     from tqdm import tqdm
 
     bar = tqdm(total=len(shard), desc="hellaswag", unit="ex", disable=not progress or rank != 0, dynamic_ncols=True)
     with eval_mode(model), bar:
         for chunk in in_lockstep(model, batches, device, autocast, synced):
             sums, n_tokens = _score_batch(model, [encoded[j] for j in chunk], block, device, autocast)
-            pred, pred_norm = predictions(sums, n_tokens)
+            pred, pred_norm = predictions(sums, n_tokens if lengths is None else lengths[chunk])
             gold = labels[chunk]
             counts += torch.tensor([len(chunk), (pred == gold).sum().item(), (pred_norm == gold).sum().item()],
                                    dtype=torch.float64)

@@ -4,7 +4,9 @@ log.txt, one line per event, losses with 6 decimals:
     {step} train {loss}
     {step} val {loss}
     {step} hella {acc}
-metrics.jsonl: one JSON object per logged event with every figure ({"step": .., "kind": "train" | "val" | ..., ...}).
+metrics.jsonl: one JSON object per logged event with every figure ({"step": .., "kind": "train" | "val" | ..., ...}),
+and "elapsed_s": wall-clock seconds since the run started (a resumed run continues from its last record, so the time
+between the kill and the restart is not counted).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class RunLog:
         if resume_step is not None:
             truncate_after(self.run_dir / LOG_FILE, resume_step, lambda line: int(line.split()[0]))
             truncate_after(self.run_dir / METRICS_FILE, resume_step, lambda line: int(json.loads(line)["step"]))
+        self._clock_start = time.monotonic() - (last_elapsed(self.run_dir / METRICS_FILE) if resume_step is not None
+                                                else 0.0)
         self._log = open(self.run_dir / LOG_FILE, "a", encoding="utf-8")
         self._metrics = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
         self._tb = None
@@ -50,7 +54,8 @@ class RunLog:
         self._log.write(f"{step} {kind} {value:.6f}\n")
 
     def record(self, step: int, kind: str, **figures) -> None:
-        row = {"step": step, "kind": kind, **{k: _json_safe(v) for k, v in figures.items()}}
+        row = {"step": step, "kind": kind, **{k: _json_safe(v) for k, v in figures.items()},
+               "elapsed_s": round(time.monotonic() - self._clock_start, 3)}
         self._metrics.write(json.dumps(row, allow_nan=False) + "\n")
         if self._tb is not None:
             for name, value in figures.items():
@@ -83,6 +88,20 @@ def truncate_after(path: Path, step: int, step_of) -> None:
         except (ValueError, IndexError, KeyError, json.JSONDecodeError):
             continue
     write_text_atomically(path, "".join(kept))
+
+
+def last_elapsed(path: Path) -> float:
+    """The elapsed_s of the last record of a metrics.jsonl that has one (0 without)."""
+    if not path.is_file():
+        return 0.0
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            value = json.loads(line).get("elapsed_s")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
 
 
 def read_log(path) -> dict[str, list[tuple[int, float]]]:

@@ -114,3 +114,47 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
     finally:
         plt.close(fig)
     return out_path
+
+
+def plot_val_curves(curves: dict[str, list[tuple[int, int | None, float | None, float]]], out_path,
+                    group_of: dict[str, str] | None = None) -> Path:
+    """compare.png: the val loss of several runs against steps, tokens seen and wall-clock time, overlaid.
+
+    curves: run -> [(step, tokens seen, elapsed seconds, loss)]; runs of one group share a colour and a legend entry."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    group_of = group_of or {}
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    keys = list(dict.fromkeys(group_of.get(run, run) for run in curves))
+    labelled = set()
+    for run, points in curves.items():
+        key = group_of.get(run, run)
+        color = colors[keys.index(key) % len(colors)]
+        label = None if key in labelled else key
+        labelled.add(key)
+        for ax, column in zip(axes, (0, 1, 2)):
+            xy = [(p[column], p[3]) for p in points if p[column] is not None]
+            if xy:
+                ax.plot([x for x, _ in xy], [y for _, y in xy], color=color, marker="o", ms=3, lw=1.3, alpha=0.85,
+                        label=label if ax is axes[0] else None)
+    for ax, xlabel in zip(axes, ("step", "tokens", "wall-clock seconds")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("val loss")
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.set_title(f"no {xlabel} recorded")
+    if axes[0].lines:
+        axes[0].legend()
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_file(out_path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
+    return out_path

@@ -220,8 +220,8 @@ def test_cli_hellaswag_checkpoint(run_cli, tmp_path, data_dir, sample, gpt2_tok,
     assert rc == 0, err
     assert out.count("\n") == 1  # one JSON line, the progress bar goes to stderr
     result = json.loads(out)
-    assert result == evaluate_hellaswag(model, gpt2_tok, sample, progress=False)
-    assert "acc_norm=" in err  # the running figure on the progress bar
+    assert result == {**evaluate_hellaswag(model, gpt2_tok, sample, progress=False), "convention": "completion"}
+    assert "acc_norm=" in err and "build-nanogpt" in err  # the running figure on the progress bar
     rc, out, _ = run_cli("eval", "hellaswag", "--checkpoint", tmp_path / "run", "--no-progress", "--limit", "4",
                          "--file", first20_bz2)
     assert rc == 0 and json.loads(out)["examples"] == 4

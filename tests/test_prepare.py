@@ -375,11 +375,13 @@ def test_shakespeare_recipe_with_local_file_and_offline_download(tmp_path, capsy
     assert rc == 2 and "cannot download Tiny Shakespeare" in err and "--input" in err and not (tmp_path / "r2").exists()
 
 
-def test_hf_dataset_without_the_datasets_package_is_a_clear_error(tmp_path, capsys):
+def test_hf_dataset_without_the_datasets_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("datasets") is not None:
-        pytest.skip("`datasets` is installed: this test covers the offline install")
+    # The dev install has `datasets` (lm-eval needs it): simulate an install without it.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "datasets", None)
     for args in (["--hf-dataset", "HuggingFaceFW/fineweb-edu", "--hf-config", "sample-10BT"],
                  ["--recipe", "fineweb-edu"]):
         rc, _, err = run_cli(capsys, *args, "--out", tmp_path / "hf")

@@ -14,10 +14,11 @@ COMMAND_MODULES = [
     "scalegpt.cli.prepare_cmd",  # scalegpt prepare
     "scalegpt.cli.check_cmd",  # scalegpt check DIR
     "scalegpt.cli.export_cmd",  # scalegpt export
-    "scalegpt.cli.eval_cmd",  # scalegpt eval loss|hellaswag
+    "scalegpt.cli.eval_cmd",  # scalegpt eval loss|hellaswag|harness
     "scalegpt.cli.sample_cmd",  # scalegpt sample
     "scalegpt.cli.train_cmd",  # scalegpt train
     "scalegpt.cli.plot_cmd",  # scalegpt plot
+    "scalegpt.cli.compare_cmd",  # scalegpt compare
     "scalegpt.cli.quickstart_cmd",  # scalegpt quickstart
 ]
 

@@ -1,5 +1,6 @@
 """scalegpt eval loss --checkpoint CKPT --data DIR [--split val] [--tokens N]
-scalegpt eval hellaswag (--checkpoint CKPT | --hf NAME_OR_DIR) [--file PATH] [--limit N]"""
+scalegpt eval hellaswag (--checkpoint CKPT | --hf NAME_OR_DIR) [--file PATH] [--limit N] [--convention harness]
+scalegpt eval harness (--checkpoint CKPT | --hf NAME_OR_DIR) --tasks T1,T2 [--task-file TASK=FILE] [--limit N]"""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: validation loss or HellaSwag")
+    p = sub.add_parser("eval", help="evaluate a model: validation loss, HellaSwag, lm-evaluation-harness tasks")
     esub = p.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
     loss = esub.add_parser("loss", help="mean loss and perplexity on a fixed token budget of a prepared dataset")
@@ -20,7 +21,7 @@ def register(sub) -> None:
     loss.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     loss.set_defaults(func=run_loss)
 
-    hs = esub.add_parser("hellaswag", help="HellaSwag accuracy, completion style (prints a JSON line)")
+    hs = esub.add_parser("hellaswag", help="HellaSwag accuracy (prints a JSON line)")
     src = hs.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint directory, or a run directory (its latest)")
     src.add_argument("--hf", metavar="NAME_OR_DIR",
@@ -31,7 +32,26 @@ def register(sub) -> None:
     hs.add_argument("--batch-size", type=int, default=16, help="examples (x 4 endings) per forward")
     hs.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     hs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hs.add_argument("--convention", choices=("completion", "harness"), default="completion",
+                    help="completion: build-nanogpt's scoring (GPT-2 124M acc_norm 0.2955); harness: "
+                         "lm-evaluation-harness's hellaswag task (0.311)")
     hs.set_defaults(func=run_hellaswag)
+
+    hv = esub.add_parser("harness", help="lm-evaluation-harness tasks on the model, in-process (needs scalegpt[eval])")
+    src = hv.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory, or a run directory (its latest)")
+    src.add_argument("--hf", metavar="NAME_OR_DIR", help="a HuggingFace GPT-2 directory (e.g. from scalegpt export)")
+    hv.add_argument("--tasks", default="", help="comma-separated harness tasks (hellaswag,arc_easy,lambada_openai)")
+    hv.add_argument("--task-file", action="append", default=[], metavar="TASK=FILE",
+                    help="run harness task TASK on a local JSON-lines file of its dataset's rows, as TASK_local "
+                         "(offline; repeatable)")
+    hv.add_argument("--include-path", default=None, metavar="DIR", help="a directory of your own task YAML files")
+    hv.add_argument("--limit", type=int, default=None, help="only the first N examples of each task")
+    hv.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+    hv.add_argument("--batch-size", type=int, default=16, help="rows per forward")
+    hv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    hv.add_argument("--output", default=None, metavar="FILE", help="also write the JSON results to FILE")
+    hv.set_defaults(func=run_harness)
 
 
 def pick_device(name: str | None) -> str:
@@ -113,9 +133,57 @@ def run_hellaswag(args) -> int:
     model, tokenizer, _, where = load_model(args.checkpoint, args.hf, device)
     print(f"HellaSwag: {len(examples)} examples, model {where} on {device}", file=sys.stderr)
     result = evaluate_hellaswag(model, tokenizer, examples, device=device, batch_size=args.batch_size,
-                                progress=not args.no_progress)
-    print("convention: completion-style scoring as in build-nanogpt (sum and mean loss of each ending's tokens; "
-          "GPT-2 124M acc_norm 0.2955), not lm-evaluation-harness's multiple-choice normalisation (0.311)",
-          file=sys.stderr)
-    print(json.dumps(result))
+                                progress=not args.no_progress, convention=args.convention)
+    if args.convention == "completion":
+        print("convention: completion-style scoring as in build-nanogpt (sum and mean loss of each ending's tokens; "
+              "GPT-2 124M acc_norm 0.2955), not lm-evaluation-harness's multiple-choice normalisation (0.311)",
+              file=sys.stderr)
+    else:
+        print("convention: lm-evaluation-harness's hellaswag task (cleaned prompt; acc_norm = log-likelihood per "
+              "character of the ending; GPT-2 124M acc_norm 0.311), not build-nanogpt's completion style (0.2955)",
+              file=sys.stderr)
+    print(json.dumps({**result, "convention": args.convention}))
+    return 0
+
+
+HARNESS_MISSING = "scalegpt eval harness needs lm-evaluation-harness: pip install 'scalegpt[eval]'"
+
+
+def run_harness(args) -> int:
+    from pathlib import Path
+
+    from scalegpt._fs import write_text_atomically
+    from scalegpt.errors import ScalegptError
+
+    try:
+        from lm_eval.utils import make_table
+
+        from scalegpt import harness
+    except ImportError as e:
+        if (e.name or "").split(".")[0] == "lm_eval":
+            raise ScalegptError(HARNESS_MISSING) from None
+        raise
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    task_files = {}
+    for item in args.task_file:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise ScalegptError(f"--task-file expects TASK=FILE (e.g. hellaswag=hellaswag_val.jsonl), got '{item}'")
+        task_files[task.strip()] = path
+    if not tasks and not task_files:
+        raise ScalegptError("give --tasks (e.g. hellaswag,arc_easy) and/or --task-file TASK=FILE")
+    device = pick_device(args.device)
+    model, tokenizer, _, where = load_model(args.checkpoint, args.hf, device)
+    lm = harness.HarnessLM(model, tokenizer, batch_size=args.batch_size, device=device)
+    print(f"lm-evaluation-harness: model {where} on {device}", file=sys.stderr)
+    results = harness.run_harness(lm, tasks, task_files, include_path=args.include_path, limit=args.limit,
+                                  num_fewshot=args.num_fewshot)
+    print(make_table(results), file=sys.stderr)
+    if harness.mentions_hellaswag(results):
+        print(harness.HELLASWAG_CONVENTION, file=sys.stderr)
+    summary = {**harness.results_json(results), "model": str(where)}
+    text = json.dumps(summary, default=str)
+    if args.output:
+        write_text_atomically(Path(args.output), text + "\n")
+    print(text)
     return 0

@@ -29,6 +29,8 @@ def register(sub) -> None:
                       help="continue the run in --out from its latest checkpoint (start it if it has none)")
     mode.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start again")
     p.add_argument("--device", help="shorthand for --train.device (cpu, cuda, cuda:N, mps)")
+    p.add_argument("--seeds", metavar="S1,S2,...", help="train the same config once per seed, one after the other, "
+                   "into OUT/seed<S> (for scalegpt compare --group NAME='OUT/seed*'); not under torchrun")
     groups = {}
     for f in fields_table():
         if f.section not in groups:
@@ -98,6 +100,8 @@ def run_train(args) -> int:
     run_dir = Path(args.out)
     if config_path is None and args.resume and (run_dir / "config.toml").is_file():
         config_path = run_dir / "config.toml"  # resuming with no --config: the run's own resolved config
+    if args.seeds is not None:
+        return _train_seeds(args, config_path, run_dir)
     config = load_config(config_path, config_overrides(args))
     trainer = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite)
     result = trainer.fit()
@@ -105,6 +109,49 @@ def run_train(args) -> int:
         print_summary(result)
     trainer.strategy.teardown()
     return exit_code(result)
+
+
+def parse_seeds(text: str) -> list[int]:
+    from scalegpt.errors import ScalegptError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ScalegptError(f"--seeds expects comma-separated integers like 1,2,3, got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ScalegptError(f"--seeds expects distinct comma-separated integers like 1,2,3, got '{text}'")
+    return seeds
+
+
+def _train_seeds(args, config_path, out: Path) -> int:
+    """One run per seed into OUT/seed<S>, sequentially in this process; stops at the first run that does not finish."""
+    import os
+
+    from scalegpt.config import load_config
+    from scalegpt.errors import ScalegptError
+    from scalegpt.train import Trainer, exit_code
+
+    if "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        raise ScalegptError("--seeds runs the seeds one after the other in one process: launch it without torchrun "
+                            "(or loop over --train.seed under torchrun yourself)")
+    seeds = parse_seeds(args.seeds)
+    if any(key == "train.seed" for key, _ in config_overrides(args)):
+        raise ScalegptError("give either --seeds or --train.seed, not both")
+    for seed in seeds:
+        run_dir = out / f"seed{seed}"
+        if args.resume and config_path is None and (run_dir / "config.toml").is_file():
+            config = load_config(run_dir / "config.toml", config_overrides(args))
+        else:
+            config = load_config(config_path, config_overrides(args) + [("train.seed", str(seed))])
+        print(f"=== seed {seed}: {run_dir}")
+        trainer = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite)
+        result = trainer.fit()
+        print_summary(result)
+        trainer.strategy.teardown()
+        if exit_code(result) != 0:
+            return exit_code(result)
+    print(f"{len(seeds)} runs in {out}; compare them with: scalegpt compare --group A='{out}/seed*'")
+    return 0
 
 
 def print_summary(result) -> None:
