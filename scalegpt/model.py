@@ -58,8 +58,8 @@ def Norm(config: GPTConfig) -> nn.Module:
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (RoFormer): rotates each (i, i + head_dim/2) pair of q and k by position * freq_i,
-    so q.k depends only on the distance between positions. HF Llama's "rotate_half" layout.
+    """Rotary position embedding (RoFormer): rotates each (i, i + head_dim/2) pair of q's and k's features by
+    position * freq_i, so q.k depends only on the distance between positions. HF Llama's "rotate_half" layout.
 
     The angles are recomputed each call (a few thousand sin/cos) rather than stored: no buffer to keep in sync
     across meta-device builds, checkpoints and FSDP."""
@@ -68,14 +68,18 @@ class Rotary(nn.Module):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """x (B, heads, T, head_dim) at positions start .. start+T-1."""
-        T, half = x.size(2), self.head_dim // 2
-        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=x.device).float() / self.head_dim)
-        angles = torch.arange(start, start + T, device=x.device).float()[:, None] * inv_freq[None, :]
-        cos, sin = angles.cos().repeat(1, 2).to(x.dtype), angles.sin().repeat(1, 2).to(x.dtype)
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, heads, T, head_dim) at positions start .. start+T-1."""
+        T, device = q.size(2), q.device
+        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
+        angles = torch.arange(start, start + T, device=device).float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+
+        def rotate(x):
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+        return rotate(q), rotate(k)
 
 
 class CausalSelfAttention(nn.Module):
@@ -110,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
+            q, k = self.rotary(q, k, start)
         if cache is None:
             mask, causal = None, True
         else:
