@@ -6,5 +6,6 @@ from scalegpt.config.loading import (  # noqa: F401
 )
 from scalegpt.config.sections import (  # noqa: F401
     ACTIVATIONS, CHOICES, PRESETS, CheckpointSection, Config, DataSection, DistConfig, EvalSection, GPTConfig,
-    GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, preset_config,
+    GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, parse_duration,
+    preset_config,
 )
