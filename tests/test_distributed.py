@@ -224,9 +224,9 @@ def muon_runs(setup):
 
 def assert_muon_close(root: Path, a: str, b: str, steps) -> None:
     """Muon's Newton-Schulz iteration runs in bf16 and amplifies the last-bit differences of a gradient reduced in
-    another order, so runs agree less tightly than AdamW's (measured: losses within 1e-4, weights within 1e-2). A
-    Muon that orthogonalised each rank's shard of a matrix on its own fails these by 20x or more (measured on this
-    config: losses 1.6e-2 apart, weights 0.12)."""
+    another order, so runs agree less tightly than AdamW's (measured: losses within 1e-4, weights within 1.1e-2). A
+    Muon that orthogonalised each rank's shard of a matrix on its own fails both checks (measured on this config:
+    losses 8e-4 apart from step 2 on, weights 0.10)."""
     la, lb = train_losses(root / a), train_losses(root / b)
     for s in steps:
         assert abs(la[s] - lb[s]) <= 5e-4 * abs(la[s]), f"step {s}: {la[s]} vs {lb[s]}"
