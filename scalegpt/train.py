@@ -183,7 +183,8 @@ class Trainer:
         self.raw_model = GPT(self.model_config).to(self.device)
         self.model = self.strategy.wrap_model(self.raw_model, self.precision)
         self.say(f"model: {self.raw_model.num_params():,} parameters ({c.model.n_layer} layers, {c.model.n_head} heads, "
-                 f"{c.model.n_embd} wide, block {c.model.block_size}, vocab {self.model_config.vocab_size})")
+                 f"{c.model.n_embd} wide, block {c.model.block_size}, vocab {self.model_config.vocab_size}"
+                 + "".join(f", {o}" for o in self.model_config.options_changed()) + ")")
         use_compile = c.train.compile == "true" or (c.train.compile == "auto" and self.device.type == "cuda")
         if use_compile:
             # Only the training path is compiled: evaluation and sampling use raw_model, whose variable shapes

@@ -162,6 +162,31 @@ def test_ddp_and_fsdp_match_one_process(setup, fsdp_run):
     assert model.config.n_embd == 32
 
 
+# Every [model] switch away from GPT-2 (docs/training.md#model-options).
+ALL_MODEL_OPTIONS = ["--model.pos_emb", "rope", "--model.norm", "rmsnorm", "--model.mlp", "relu2", "--model.qk_norm",
+                     "true", "--model.n_kv_head", "1", "--model.tie_embeddings", "false", "--model.zero_init", "true",
+                     "--model.value_embeds", "true", "--model.residual_scalars", "true", "--model.embed_norm", "true",
+                     "--model.logit_softcap", "15", "--model.bias", "false", "--train.max_steps", "6",
+                     "--checkpoint.interval", "6", "--eval.interval", "6"]
+
+
+@pytest.fixture(scope="module")
+def single_with_all_options(setup):
+    out = setup["root"] / "single-options"
+    train(1, out, *ALL_MODEL_OPTIONS, data=setup["data"], config=setup["config"])
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_all_model_options_match_one_process(setup, single_with_all_options, strategy):
+    out = setup["root"] / f"{strategy}-options"
+    r = train(2, out, *ALL_MODEL_OPTIONS, "--dist.strategy", strategy, "--dist.activation_checkpointing",
+              str(strategy == "fsdp").lower(), data=setup["data"], config=setup["config"])
+    assert f"parallelism: {strategy} over 2 ranks" in r.stdout
+    assert_same_curve(train_losses(single_with_all_options), train_losses(out), range(1, 7))
+    assert_same_weights(single_with_all_options / "checkpoints/step_000006", out / "checkpoints/step_000006")
+
+
 def _resume_from_step_10(src: Path, dst: Path) -> None:
     import shutil
 

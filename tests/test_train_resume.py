@@ -78,6 +78,34 @@ def test_resume_is_bit_identical_under_bf16_autocast(tmp_path, tiny_data, run_cl
     assert_same_run(full, resumed)
 
 
+# Every [model] switch away from GPT-2 (docs/training.md#model-options), as `scalegpt train` overrides.
+ALL_MODEL_OPTIONS = dict(model__pos_emb="rope", model__norm="rmsnorm", model__mlp="relu2", model__qk_norm=True,
+                         model__n_kv_head=1, model__tie_embeddings=False, model__zero_init=True,
+                         model__value_embeds=True, model__residual_scalars=True, model__embed_norm=True,
+                         model__logit_softcap=15.0)
+
+
+@pytest.mark.parametrize("options", [
+    pytest.param(ALL_MODEL_OPTIONS, id="all-model-options"),
+    pytest.param({**ALL_MODEL_OPTIONS, "model__mlp": "swiglu", "model__norm_learnable": False,
+                  "dist__activation_checkpointing": True}, id="swiglu-parameter-free-norms-checkpointed"),
+])
+def test_resume_is_bit_identical_with_model_options(tmp_path, tiny_data, run_cli, options):
+    run_options = {**RESUME, **options}
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    rc, out, err = run_cli("train", *cli_args(tiny_data, full, **run_options))
+    assert rc == 0, err
+    assert "pos_emb=rope, norm=rmsnorm" in out  # the model line names the switches in use
+    val = [float(x.split()[2]) for x in (full / "log.txt").read_text().splitlines() if " val " in x]
+    assert val[-1] < val[0]  # it learns
+    assert run_cli("train", *cli_args(tiny_data, resumed, **{**run_options, "train__max_steps": 4}))[0] == 0
+    rc, out, err = run_cli("train", *cli_args(tiny_data, resumed, **run_options), "--resume")
+    assert rc == 0 and "resumed from" in out, err
+    assert_same_run(full, resumed)
+    weights = load_file(full / "checkpoints" / "step_000008" / "model.safetensors")
+    assert "lm_head.weight" in weights and "transformer.wpe.weight" not in weights
+
+
 def test_resume_keeps_the_precision_auto_picked(tmp_path, tiny_data, run_cli, monkeypatch):
     # auto measures the CPU at start-up; a resumed run must not flip precision if a new measurement would differ
     from scalegpt import runtime
