@@ -168,3 +168,21 @@ def test_muon_orthogonalises_each_matrix_update(tiny_model):
     update = (before["transformer.h.0.mlp.c_fc.weight"] - w.detach()) / (0.01 * 2.0)
     s = torch.linalg.svdvals(update)
     assert 0.4 < s.min() and s.max() < 1.6, s
+
+
+def test_muon_selection_with_modern_model_options():
+    """Value embeddings, residual scalars, an untied head and RMSNorm gains stay with AdamW; every Linear weight in
+    the blocks (value-embedding gates included) is Muon's."""
+    from scalegpt.model import GPT, preset_config
+
+    model = GPT(preset_config("tiny", vocab_size=100, pos_emb="rope", norm="rmsnorm", mlp="relu2", value_embeds=True,
+                              residual_scalars=True, tie_embeddings=False, bias=False))
+    optimizer, _ = build_optimizers(model, OptimSection(name="muon"), "cpu")
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for p in optimizer.parts["muon"].param_groups[0]["params"]}
+    adamw = {names[id(p)] for g in optimizer.parts["adamw"].param_groups for p in g["params"]}
+    assert muon == {n for n in names.values() if n.startswith("transformer.h.") and "ln_" not in n}
+    assert "transformer.h.1.attn.ve_gate.weight" in muon
+    assert {"transformer.wte.weight", "lm_head.weight", "transformer.value_embeds.1.weight",
+            "transformer.resid_lambdas", "transformer.x0_lambdas", "transformer.ln_f.weight"} <= adamw
+    assert muon.isdisjoint(adamw) and len(muon) + len(adamw) == len(names)

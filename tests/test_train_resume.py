@@ -123,8 +123,9 @@ def test_resume_keeps_the_precision_auto_picked(tmp_path, tiny_data, run_cli, mo
     assert rc == 0 and "precision: fp32 (requested" in out, err  # asking explicitly still wins
 
 
-def test_resume_with_muon_is_bit_identical(tmp_path, tiny_data, run_cli):
-    muon = {**RESUME, "optim__name": "muon", "optim__muon_weight_decay": 0.01}
+@pytest.mark.parametrize("options", [{}, ALL_MODEL_OPTIONS], ids=["gpt2", "all-model-options"])
+def test_resume_with_muon_is_bit_identical(tmp_path, tiny_data, run_cli, options):
+    muon = {**RESUME, **options, "optim__name": "muon", "optim__muon_weight_decay": 0.01}
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     rc, out, err = run_cli("train", *cli_args(tiny_data, full, **muon))
     assert rc == 0 and "optimizer group muon: Muon" in out, err
