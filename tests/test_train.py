@@ -227,7 +227,8 @@ def test_time_budget_fixes_max_steps_and_the_last_step_is_evaluated(tmp_path, ti
                                               train__max_steps=100000, optim__name="muon"))
     assert rc == 0, err
     assert "max_steps will be fixed from the speed of updates 3-10 (train.max_steps is ignored)" in out
-    found = re.search(r"time budget 1s: measured [\d.]+ ms/step over 8 steps -> max_steps = (\d+)\n", out)
+    found = re.search(r"time budget 1s: measured [\d.]+ ms/step over 8 steps and [\d.]+ s per evaluation every "
+                      r"1000 steps -> max_steps = (\d+)\n", out)
     assert found, out
     max_steps = int(found.group(1))
     assert 10 <= max_steps < 100000
