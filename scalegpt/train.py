@@ -71,8 +71,9 @@ class Trainer:
     """Builds data, model, optimizer and logs from a Config, then `fit()` trains.
 
     Attributes worth knowing when extending it: `raw_model` (the plain GPT, for evaluation, sampling and saving),
-    `model` (what trains: maybe compiled, maybe wrapped), `optimizer`, `scaler` (fp16 only), `loader`, `guard`,
-    `strategy`, `step` (updates done), `accum_steps`, `tokens_per_step`."""
+    `model` (what trains: maybe compiled, maybe wrapped), `optimizer` (a scalegpt.optim.CombinedOptimizer: AdamW,
+    or Muon + AdamW), `scaler` (fp16 only), `loader`, `guard`, `strategy`, `step` (updates done), `max_steps` (None
+    while a time budget is measuring), `accum_steps`, `tokens_per_step`."""
 
     def __init__(self, config: Config, run_dir, resume: bool = False, overwrite: bool = False,
                  strategy: Strategy | None = None, echo=print):
