@@ -300,7 +300,8 @@ def test_muon_checkpoints_cross_between_fsdp_and_one_process(setup, muon_runs):
         assert "at step 6" in r.stdout
         assert_muon_close(root, "muon_single", dst, range(7, 13))
     # the sharded state of Muon + AdamW does not fit an AdamW-only run: one line, not a DCP traceback
-    r = run([sys.executable, "-m", "scalegpt", "train", "--out", root / "muon_fsdp_to_1", "--resume",
+    shutil.copytree(root / "muon_fsdp", root / "muon_fsdp_as_adamw")
+    r = run([sys.executable, "-m", "scalegpt", "train", "--out", root / "muon_fsdp_as_adamw", "--resume",
              "--optim.name", "adamw", "--train.max_steps", "14"])
     assert r.returncode == 2, r.stderr[-2000:]
     assert "the optimizer state does not fit this run" in r.stderr and "was optim.name changed?" in r.stderr
