@@ -207,8 +207,8 @@ class Progress:
 
     Every rank keeps one (so that the loss reduction happens on all ranks together); only rank 0 writes."""
 
-    def __init__(self, trainer, max_steps: int):
-        self.trainer, self.max_steps = trainer, max_steps
+    def __init__(self, trainer, max_steps: int | None):
+        self.trainer, self.max_steps = trainer, max_steps  # None: not known yet (a time budget is measuring)
         self.interval = trainer.config.log.interval or 1
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         self.window_start, self.window_steps, self.excluded = time.perf_counter(), 0, 0.0
@@ -229,6 +229,12 @@ class Progress:
             self.bar.update(1)
         if step % self.interval == 0 or step == self.max_steps:
             self.flush(console=True)
+
+    def set_max_steps(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+        if self.bar is not None:
+            self.bar.total = max_steps
+            self.bar.refresh()
 
     def exclude(self, seconds: float) -> None:
         """Time spent evaluating or checkpointing, kept out of tokens/s and MFU."""
@@ -258,13 +264,14 @@ class Progress:
         step_time = elapsed / steps
         tokens_per_s = t.tokens_per_step / step_time
         mfu = t.flops_per_step / step_time / (t.peak_flops * t.strategy.world_size)
-        eta = (self.max_steps - step) * step_time
+        eta = format_duration((self.max_steps - step) * step_time) if self.max_steps is not None else "?"
+        of = self.max_steps if self.max_steps is not None else "?"
         if log is not None:
             log.record(step, "speed", tokens_per_s=tokens_per_s, mfu=mfu, ms_per_step=step_time * 1000)
             log.flush()
-        line = (f"step {step:>{len(str(self.max_steps))}}/{self.max_steps} | loss {losses[-1]:.4f} | "
+        line = (f"step {step:>{len(str(of))}}/{of} | loss {losses[-1]:.4f} | "
                       f"lr {lr:.2e} | norm {norms[-1]:.3f} | {tokens_per_s:,.0f} tok/s | MFU {mfu:.1%} | "
-                      f"{step_time * 1000:.1f} ms/step | ETA {format_duration(eta)}")
+                      f"{step_time * 1000:.1f} ms/step | ETA {eta}")
         self.write(line)
 
     def write(self, line: str) -> None:

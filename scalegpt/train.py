@@ -29,7 +29,7 @@ from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
-from scalegpt.optim import build_optimizer, lr_at, set_lr
+from scalegpt.optim import build_optimizers, lr_at
 from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
 from scalegpt.strategy import Strategy, make_strategy
 
@@ -71,8 +71,9 @@ class Trainer:
     """Builds data, model, optimizer and logs from a Config, then `fit()` trains.
 
     Attributes worth knowing when extending it: `raw_model` (the plain GPT, for evaluation, sampling and saving),
-    `model` (what trains: maybe compiled, maybe wrapped), `optimizer`, `scaler` (fp16 only), `loader`, `guard`,
-    `strategy`, `step` (updates done), `accum_steps`, `tokens_per_step`."""
+    `model` (what trains: maybe compiled, maybe wrapped), `optimizer` (a scalegpt.optim.CombinedOptimizer: AdamW,
+    or Muon + AdamW), `scaler` (fp16 only), `loader`, `guard`, `strategy`, `step` (updates done), `max_steps` (None
+    while a time budget is measuring), `accum_steps`, `tokens_per_step`."""
 
     def __init__(self, config: Config, run_dir, resume: bool = False, overwrite: bool = False,
                  strategy: Strategy | None = None, echo=print):
@@ -109,11 +110,13 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
+        self.budget_max_steps = None  # max_steps as a time budget fixed it (recorded in checkpoints)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.strategy.is_main and self.run_dir.exists() and any(self.run_dir.iterdir()):
             self.say(f"{self.run_dir} has no checkpoint yet: starting from step 0")
         self.resumed = resume_from is not None
+        self._plan_steps()
         self.run_log = None
         if self.strategy.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,15 +194,13 @@ class Trainer:
         self.say(f"torch.compile: {'on' if use_compile else 'off'}")
 
     def _build_optimizer(self) -> None:
-        c = self.config
-        self.optimizer, info = build_optimizer(self.raw_model, c.optim.lr, c.optim.weight_decay,
-                                               (c.optim.beta1, c.optim.beta2), c.optim.eps, self.device.type,
-                                               c.optim.fused)
-        self.say(info)
+        self.optimizer, lines = build_optimizers(self.raw_model, self.config.optim, self.device.type)
+        for line in lines:
+            self.say(line)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         from scalegpt.guard import StepGuard
 
-        self.guard = StepGuard(c.guard, grad_scaler=self.scaler is not None)
+        self.guard = StepGuard(self.config.guard, grad_scaler=self.scaler is not None)
 
     def say(self, message: str) -> None:
         if not self.strategy.is_main:
@@ -209,11 +210,35 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ state
 
-    def lr(self, step_index: int) -> float:
-        """Learning rate of the update made after `step_index` updates."""
+    def _plan_steps(self) -> None:
+        """self.max_steps: train.max_steps, or with a time budget the number it fixed (from the checkpoint), or
+        None until self.budget measures it."""
+        c = self.config
+        self.budget = None
+        self.max_steps = c.train.max_steps
+        if not c.train.time_budget:
+            return
+        if self.budget_max_steps is not None:
+            self.max_steps = self.budget_max_steps
+            self.say(f"time budget {c.train.time_budget}: max_steps = {self.max_steps} (fixed when the run measured "
+                     "its speed; read from the checkpoint)")
+            return
+        from scalegpt.budget import TimeBudget
+
+        s = c.schedule
+        self.budget = TimeBudget(c.train.time_budget, self.step, s.kind, s.warmup_steps, s.decay_steps,
+                                 c.eval.interval)
+        self.max_steps = None
+        self.say(f"time budget {c.train.time_budget}: max_steps will be fixed from the speed of updates "
+                 f"{self.budget.first}-{self.budget.last} (train.max_steps is ignored)")
+
+    def lr(self, step_index: int, peak: float | None = None) -> float:
+        """Learning rate of the update made after `step_index` updates, for the peak `peak` (default optim.lr).
+        Before a time budget has fixed max_steps, only steps whose lr does not depend on it are asked for."""
         s, c = self.config.schedule, self.config
-        return lr_at(step_index, s.kind, c.optim.lr, s.min_lr_ratio, s.warmup_steps,
-                     s.decay_steps or c.train.max_steps, s.wsd_decay_fraction)
+        decay_steps = s.decay_steps or self.max_steps or 0
+        return lr_at(step_index, s.kind, c.optim.lr if peak is None else peak, s.min_lr_ratio, s.warmup_steps,
+                     decay_steps, s.wsd_decay_fraction)
 
     def state_dict(self) -> dict:
         """Everything but the weights and the optimizer that the next step depends on (weights_only-loadable)."""
@@ -221,13 +246,13 @@ class Trainer:
             "step": self.step, "tokens_seen": self.tokens_seen,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "loader": self.loader.state_dict(), "guard": self.guard.state_dict(), "rng": rng_state(),
-            "val_loss": self.val_loss,
+            "val_loss": self.val_loss, "budget_max_steps": self.budget_max_steps,
         }
 
     def checkpoint_config_toml(self) -> str:
         """The config a checkpoint records: this run's, with an `auto` precision resolved to the one in use."""
-        resolved = dataclasses.replace(self.config, train=dataclasses.replace(self.config.train,
-                                                                              precision=self.precision))
+        resolved = dataclasses.replace(self.config, train=dataclasses.replace(
+            self.config.train, precision=self.precision, max_steps=self.max_steps or self.config.train.max_steps))
         return cfg_mod.to_toml(resolved)
 
     def save_checkpoint(self) -> Path:
@@ -250,6 +275,7 @@ class Trainer:
             set_rng_state(state["rng"])
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
             self.val_loss = state.get("val_loss")
+            self.budget_max_steps = state.get("budget_max_steps")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ScalegptError(f"{directory}: training state does not fit this run ({str(e).splitlines()[0]})") from None
         self.guard.last_checkpoint = str(directory)  # an abort before the next save points here
@@ -275,7 +301,7 @@ class Trainer:
         grad_clip = self.config.optim.grad_clip
         norm = self.strategy.clip_grad_norm(model, grad_clip if grad_clip > 0 else math.inf)
         lr = self.lr(self.step)
-        set_lr(optimizer, lr)
+        optimizer.set_lr(lambda peak: self.lr(self.step, peak))  # one schedule; AdamW's and Muon's own peaks
         apply = True
         if self.guard.enabled:  # the one host sync per step, paid only with a guard on
             loss_all = self.strategy.reduce_mean(loss_sum)
@@ -304,25 +330,28 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         c = self.config
-        max_steps = c.train.max_steps
         handlers = self._install_signal_handlers()
-        self.progress = progress = Progress(self, max_steps)
+        self.progress = progress = Progress(self, self.max_steps)
         try:
-            if self.step >= max_steps:
-                self.say(f"already at step {self.step} of {max_steps}: nothing to train")
+            if self.max_steps is not None and self.step >= self.max_steps:
+                self.say(f"already at step {self.step} of {self.max_steps}: nothing to train")
+            if self.budget is not None:
+                self.budget.start(time.perf_counter())
             if not self.resumed and c.eval.at_start and self.step == 0:
-                with self._paused():
+                with self._paused(evaluation=True):
                     self.evaluate()
             self.model.train()
-            while self.step < max_steps and self.stop_signal is None:
+            while (self.max_steps is None or self.step < self.max_steps) and self.stop_signal is None:
                 loss, norm, lr = self.train_step()
+                if self.budget is not None:
+                    self._time_budget_step(loss)
                 if self.strategy.world_size > 1:  # a signal may reach ranks a step apart: all stop (and save) together
                     if self.strategy.any_rank(self.stop_signal is not None):
                         self.stop_signal = self.stop_signal or "SIGTERM"
                 progress.after_step(loss, norm, lr)
-                last = self.step == max_steps
+                last = self.step == self.max_steps
                 if c.eval.interval and (self.step % c.eval.interval == 0 or last):
-                    with self._paused():
+                    with self._paused(evaluation=True):
                         self.evaluate()
                 interval = c.checkpoint.interval
                 if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
@@ -338,13 +367,28 @@ class Trainer:
             self.progress = None
         return TrainResult(self.run_dir, self.step, self.last_checkpoint, self.val_loss, self.stop_signal)
 
+    def _time_budget_step(self, loss: torch.Tensor) -> None:
+        """Feed the budget this update's clock reading; fix max_steps (the same on every rank) once it decides."""
+        budget = self.budget
+        if budget.needs_sync(self.step):
+            loss.item()  # waits for the step's device work: the clock then measures computing, not launching
+        decided = budget.after_step(self.step, time.perf_counter())
+        if decided is None:
+            return
+        self.max_steps = self.budget_max_steps = int(self.strategy.broadcast_object(decided))  # rank 0's clock
+        self.budget = None
+        self.progress.set_max_steps(self.max_steps)
+        self.say(budget.describe(self.max_steps))
+
     @contextlib.contextmanager
-    def _paused(self):
+    def _paused(self, evaluation: bool = False):
         """Flush pending train losses first (log order) and keep evaluation time out of the throughput figures."""
         self.progress.flush()
         start = time.perf_counter()
         yield
         self.progress.exclude(time.perf_counter() - start)
+        if self.budget is not None:
+            self.budget.pause(time.perf_counter() - start, evaluation)
 
     def evaluate(self) -> None:
         """Validation loss on the fixed token budget, HellaSwag when configured, samples; logged at self.step.

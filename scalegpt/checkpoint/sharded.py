@@ -29,6 +29,12 @@ from scalegpt.model import unwrap
 DCP_DIR = "dcp"  # the sharded state inside an FSDP run's step directory
 
 
+def torch_optimizers(optimizer) -> list:
+    """The torch optimizers inside `optimizer` (a scalegpt.optim.CombinedOptimizer holds one per part, e.g. AdamW and
+    Muon), for torch.distributed.checkpoint's state-dict functions, which take a list and key the state by name."""
+    return list(getattr(optimizer, "optimizers", [optimizer]))
+
+
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -137,7 +143,7 @@ def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
     name = dict(zip(saved, order))
     by_name = {"state": {name[i]: s for i, s in state["state"].items()},
                "param_groups": [{**g, "params": [name[i] for i in g["params"]]} for g in state["param_groups"]]}
-    set_optimizer_state_dict(inner, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(inner, torch_optimizers(optimizer), by_name, options=StateDictOptions(full_state_dict=True))
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -199,7 +205,7 @@ def save_dcp(model: nn.Module, optimizer, directory) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    model_state, optim_state = get_state_dict(getattr(model, "_orig_mod", model), optimizer)
+    model_state, optim_state = get_state_dict(getattr(model, "_orig_mod", model), torch_optimizers(optimizer))
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
     barrier()
     if main:
@@ -216,7 +222,7 @@ def load_dcp(model: nn.Module, optimizer, directory) -> None:
     directory = Path(directory)
     saved = read_dcp_metadata(directory)
     inner = getattr(model, "_orig_mod", model)
-    model_state, optim_state = get_state_dict(inner, optimizer)
+    model_state, optim_state = get_state_dict(inner, torch_optimizers(optimizer))
     for k, v in model_state.items():
         if f"model.{k}" not in saved:
             raise ScalegptError(f"{directory}: checkpoint has no weight {k} (saved from another model?)")
@@ -226,5 +232,13 @@ def load_dcp(model: nn.Module, optimizer, directory) -> None:
     if extra:
         raise ScalegptError(f"{directory}: checkpoint has weights this model lacks: {extra[:3]}")
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, storage_reader=_safe_reader(directory), no_dist=not dist.is_initialized())
-    set_state_dict(inner, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=_safe_reader(directory), no_dist=not dist.is_initialized())
+    except (RuntimeError, KeyError, CheckpointException) as e:  # the weights were checked above: the optimizer's state
+        cause = next(iter(e.failures.values()), e) if isinstance(e, CheckpointException) else e
+        cause = cause[0] if isinstance(cause, tuple) else cause  # DCP keeps (exception, traceback) per rank
+        raise ScalegptError(f"{directory}: the optimizer state does not fit this run ("
+                            f"{str(cause).strip().splitlines()[0]}); was optim.name changed?") from None
+    set_state_dict(inner, torch_optimizers(optimizer), model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -6,5 +6,6 @@ from scalegpt.config.loading import (  # noqa: F401
 )
 from scalegpt.config.sections import (  # noqa: F401
     CHOICES, LEGACY_MODEL_KEYS, MLPS, NORMS, POS_EMBS, PRESETS, CheckpointSection, Config, DataSection, DistConfig,
-    EvalSection, GPTConfig, GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, preset_config,
+    EvalSection, GPTConfig, GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, parse_duration,
+    preset_config,
 )

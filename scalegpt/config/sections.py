@@ -141,13 +141,35 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    lr: float = 6e-4  # peak learning rate
+    name: str = "adamw"  # adamw: AdamW for every tensor; muon: Muon for the blocks' Linear weights, AdamW for the rest
+    lr: float = 6e-4  # peak learning rate (of AdamW's tensors; with muon: embeddings, head, norms, biases, scalars)
     weight_decay: float = 0.1  # AdamW decoupled weight decay, applied only to tensors of 2 or more dimensions
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
     eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (the norm is still logged)
     fused: str = "auto"  # fused AdamW kernel (auto = wherever torch has one)
+    # Muon defaults: lr 0.02 and Nesterov momentum 0.95 are nanochat's and Keller Jordan's Muon (which modded-nanogpt
+    # started from), without weight decay as there. muon_adjust_lr scales each matrix's orthogonalised update:
+    # original = lr x sqrt(max(1, rows/cols)) (Keller Jordan, modded-nanogpt, nanochat); match_rms_adamw =
+    # lr x 0.2 x sqrt(max(rows, cols)), Moonlight's rule ("Muon is Scalable for LLM Training"), under which the
+    # update has AdamW's RMS, so AdamW's lr (~6e-4..3e-3, not 0.02) and weight decay (0.1) carry over.
+    muon_lr: float = 0.02  # optim.name muon: Muon's peak learning rate, on the same schedule as optim.lr
+    muon_momentum: float = 0.95  # optim.name muon: Muon's Nesterov momentum
+    muon_weight_decay: float = 0.0  # optim.name muon: Muon's decoupled decay (weights shrink by lr x this per step)
+    muon_adjust_lr: str = "original"  # Muon's update scale per matrix shape (original: Keller Jordan; match_rms_adamw: Moonlight)
+
+    def __post_init__(self):
+        for key in ("name", "muon_adjust_lr"):
+            if getattr(self, key) not in CHOICES[f"optim.{key}"]:
+                raise ScalegptError(f"optim.{key} '{getattr(self, key)}' is not one of: "
+                                    f"{', '.join(CHOICES[f'optim.{key}'])}")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise ScalegptError(f"optim.muon_lr must be a positive number, got {self.muon_lr}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ScalegptError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if not self.muon_weight_decay >= 0:
+            raise ScalegptError(f"optim.muon_weight_decay must be >= 0, got {self.muon_weight_decay}")
 
 
 @dataclass
@@ -161,7 +183,8 @@ class ScheduleSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int = 19073  # optimizer steps to train for
+    max_steps: int = 19073  # optimizer steps to train for (with time_budget: measured, this value is ignored)
+    time_budget: str = ""  # train this long ("90s", "3m", "1h"): max_steps is fixed from the measured speed; "" = off
     global_batch_tokens: int = 524288  # tokens per optimizer step over all ranks and micro-steps
     micro_batch_size: int = 64  # sequences per device per micro-step; accumulation steps follow from the global batch
     seq_len: int = 0  # tokens per training sequence; 0 = model.block_size
@@ -170,6 +193,27 @@ class TrainSection:
     precision: str = "auto"  # autocast dtype (auto: bf16 where the hardware runs it fast, else fp32)
     compile: str = "auto"  # torch.compile the training model (auto = on for CUDA)
     tf32: bool = True  # allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)
+
+    def __post_init__(self):
+        parse_duration(self.time_budget, "train.time_budget")  # a bad budget fails at load time, not mid-run
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """Seconds in "90s", "3m", "1.5h" ("" = 0: off). A bare number is refused: is 3 minutes or seconds?"""
+    text = text.strip().lower()
+    if not text:
+        return 0.0
+    try:
+        seconds = float(text[:-1]) * _UNITS[text[-1]]
+    except (KeyError, ValueError):
+        raise ScalegptError(f"{key} '{text}' is not a duration; expected a number with a unit s, m or h, "
+                            'e.g. "90s", "3m", "1h" ("" = off)') from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ScalegptError(f"{key} must be a positive duration, got '{text}'")
+    return seconds
 
 
 @dataclass
@@ -256,7 +300,9 @@ CHOICES = {
     "model.mlp": MLPS,
     "model.pos_emb": POS_EMBS,
     "model.norm": NORMS,
+    "optim.name": ("adamw", "muon"),
     "optim.fused": ("auto", "true", "false"),
+    "optim.muon_adjust_lr": ("original", "match_rms_adamw"),
     "schedule.kind": ("cosine", "constant", "wsd"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "true", "false"),
