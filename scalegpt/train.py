@@ -5,6 +5,13 @@ the guard's verdict, then the optimizer update with the step's learning rate. Ev
 multi-process training goes through a `Strategy` (process group, wrapping, no_sync, clipping, reductions, checkpoint
 I/O); the default is one process on one device, and `DistributedStrategy` the DDP/FSDP one (scalegpt.strategy).
 
+Non-finite numbers never reach a checkpoint. With guard.skip_nonfinite (the default) the weights and optimizer state
+are checked after every update (one fused reduction, scalegpt.finite); an update that made them NaN/inf is undone by
+restoring both from the last verified checkpoint and counted by the guard as a skipped step. A checkpoint due at step
+N is written during step N+1, once a forward pass on exactly its weights gave a finite loss (the state it records is
+captured at step N; weights and optimizer are still untouched then), so every checkpoint the guard names evaluates to
+a finite loss. The last checkpoint of a run is written at once, checked for finiteness only.
+
 Steps are counted as updates done: step 1 is the first update, `checkpoints/step_000500` holds the state after 500,
 and the evaluation logged at step s sees the weights after s updates (step 0: before any).
 """
@@ -27,6 +34,7 @@ from scalegpt import config as cfg_mod
 from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
 from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
+from scalegpt.finite import all_finite, state_tensors
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
 from scalegpt.optim import build_optimizer, lr_at, set_lr
@@ -109,6 +117,8 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
+        self.pending_checkpoint = None  # (step, state, config) of a checkpoint waiting for its weights' verification
+        self.unverified_resume = None  # the checkpoint resumed from, until a forward pass on it gives a finite loss
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.strategy.is_main and self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -229,10 +239,22 @@ class Trainer:
                                                                               precision=self.precision))
         return cfg_mod.to_toml(resolved)
 
-    def save_checkpoint(self) -> Path:
-        path = self.strategy.save_checkpoint(self.run_dir, self.step, self.raw_model, self.optimizer, self.state_dict(),
-                                             self.tokenizer_spec, self.checkpoint_config_toml(),
-                                             self.config.checkpoint.keep_last)
+    def capture_checkpoint(self) -> tuple[int, dict, str]:
+        """What a checkpoint of this moment records besides the weights and optimizer state (plain data, copied)."""
+        return self.step, self.state_dict(), self.checkpoint_config_toml()
+
+    def weights_finite(self) -> bool:
+        """Are the weights and optimizer state finite on every rank? One fused reduction and one host sync."""
+        return not self.strategy.any_rank(not bool(all_finite(state_tensors(self.raw_model, self.optimizer))))
+
+    def save_checkpoint(self, captured: tuple[int, dict, str] | None = None) -> Path:
+        step, state, config_toml = captured or self.capture_checkpoint()
+        if not self.weights_finite():
+            raise ScalegptError(f"aborting: the weights or optimizer state at step {step} are non-finite (NaN or "
+                                f"inf), so no checkpoint is written; {self.guard.checkpoint_note()}. Lower the "
+                                "learning rate or check the optim settings, then resume with --resume")
+        path = self.strategy.save_checkpoint(self.run_dir, step, self.raw_model, self.optimizer, state,
+                                             self.tokenizer_spec, config_toml, self.config.checkpoint.keep_last)
         self.last_checkpoint = path
         self.guard.last_checkpoint = str(path)
         self.say(f"saved checkpoint {path}")
@@ -251,7 +273,7 @@ class Trainer:
             self.val_loss = state.get("val_loss")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ScalegptError(f"{directory}: training state does not fit this run ({str(e).splitlines()[0]})") from None
-        self.guard.last_checkpoint = str(directory)  # an abort before the next save points here
+        self.unverified_resume = directory  # the guard names it once a forward pass on it gives a finite loss
         self.say(f"resumed from {directory} at step {self.step}")
 
     # ------------------------------------------------------------------------------------------------ the loop
@@ -273,22 +295,55 @@ class Trainer:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_clip = self.config.optim.grad_clip
         norm = self.strategy.clip_grad_norm(model, grad_clip if grad_clip > 0 else math.inf)
-        lr = self.lr(self.step)
-        set_lr(optimizer, lr)
         apply = True
         if self.guard.enabled:  # the one host sync per step, paid only with a guard on
-            loss_all = self.strategy.reduce_mean(loss_sum)
-            apply = self.guard.should_step(loss_all.item(), norm.item(), step=self.step + 1)
+            loss_f, norm_f = self.strategy.reduce_mean(loss_sum).item(), norm.item()
+            # A finite loss verifies the weights it was computed with (under fp16 an inf gradient is an overflow).
+            self._verified(math.isfinite(loss_f) and (math.isfinite(norm_f) or scaler is not None))
+            apply = self.guard.should_step(loss_f, norm_f, step=self.step + 1)
             if not apply:
                 self._log_skip(self.step + 1)
+        lr = self.lr(self.step)
+        set_lr(optimizer, lr)
         if apply:
             scaler.step(optimizer) if scaler is not None else optimizer.step()
+            if self.config.guard.skip_nonfinite and not self.weights_finite():
+                self._undo_nonfinite_update(self.step + 1)
         if scaler is not None:
             scaler.update()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return loss_sum, norm, lr
+
+    def _verified(self, finite_loss: bool) -> None:
+        """A forward pass on the current weights (untouched since the last update) gave a finite loss, or did not:
+        write the checkpoint waiting for that verdict, or drop it."""
+        pending, self.pending_checkpoint = self.pending_checkpoint, None
+        if finite_loss and self.unverified_resume is not None:
+            self.guard.last_checkpoint, self.unverified_resume = str(self.unverified_resume), None
+        if pending is None:
+            return
+        if not finite_loss:
+            self.say(f"step {pending[0]}: checkpoint not written (the next forward pass on its weights gave a "
+                     f"non-finite loss)")
+            return
+        with self._paused() if self.progress is not None else contextlib.nullcontext():
+            self.save_checkpoint(pending)
+
+    def _undo_nonfinite_update(self, step: int) -> None:
+        """The update just applied made weights or optimizer state NaN/inf. Keeping a pre-step copy would cost
+        3x the weights in memory and a copy per step, so both come back from the last verified checkpoint instead
+        (the updates since are lost; the data position, step count and RNG go on), and the guard counts a skip."""
+        source = self.guard.last_checkpoint
+        if source is None:
+            raise ScalegptError(f"aborting: the update at step {step} made the weights or optimizer state non-finite "
+                                "(NaN or inf) and no verified checkpoint had been written yet to restore them from. "
+                                "Lower the learning rate or check the optim settings")
+        self.strategy.load_checkpoint(Path(source), self.raw_model, self.optimizer, self.model_config.to_dict(),
+                                      self.tokenizer_spec, self.config.data.dir)
+        self.guard.reject_update(step, restored_from=source)
+        self._log_skip(step)
 
     def _log_skip(self, step: int) -> None:
         """A skipped update is rare and worth finding later: console, log.txt (`{step} skip {total}`), metrics.jsonl."""
@@ -325,8 +380,11 @@ class Trainer:
                         self.evaluate()
                 interval = c.checkpoint.interval
                 if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
-                    with self._paused():
-                        self.save_checkpoint()
+                    if last or self.stop_signal or not self.guard.enabled:
+                        with self._paused():
+                            self.save_checkpoint()
+                    else:  # written by the next step, once a forward pass verified these weights
+                        self.pending_checkpoint = self.capture_checkpoint()
             progress.close()
             if self.stop_signal:
                 self.say(f"stopped by {self.stop_signal} at step {self.step}; continue with --resume")
