@@ -71,7 +71,42 @@ def _load_meta(data_dir: Path) -> dict:
                 for s in shards):
             raise ScalegptError(f"{meta_path}: key 'splits.{name}.shards' should be a list of "
                                 f"{{file, num_tokens, sha256}} entries")
+        for s in shards:  # written by prepare since max_token was recorded; older datasets are checked per batch
+            if "max_token" in s and (not isinstance(s["max_token"], int) or s["max_token"] < 0):
+                raise ScalegptError(f"{meta_path}: key 'splits.{name}.shards' entry {s['file']}: 'max_token' should "
+                                    f"be an integer >= 0, got {s['max_token']!r}")
+    _check_vocab(meta_path, meta)
     return meta
+
+
+def _check_vocab(meta_path: Path, meta: dict) -> None:
+    """meta.json's vocabulary must agree with its tokenizer spec, and every shard's recorded largest id fit it."""
+    spec = meta["tokenizer"]
+    vocab = spec.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise ScalegptError(f"{meta_path}: key 'tokenizer.vocab_size' should be an integer >= 1, got {vocab!r}")
+    implied = {"char": len(spec["chars"]) + 1 if isinstance(spec.get("chars"), str) else None,
+               "gpt2": 50257}.get(spec["kind"])
+    for key, value in (("vocab_size", meta.get("vocab_size", vocab)), ("tokenizer.chars", implied)):
+        if value is not None and value != vocab:
+            raise ScalegptError(f"{meta_path}: key '{key}' implies a vocabulary of {value} ids but "
+                                f"'tokenizer.vocab_size' is {vocab}; meta.json was edited or is corrupted")
+    for name, info in meta["splits"].items():
+        for s in info["shards"]:
+            if s.get("max_token", -1) >= vocab:
+                raise ScalegptError(f"{meta_path}: shard {s['file']} holds token id {s['max_token']}, beyond the "
+                                    f"tokenizer's {vocab} ids (0..{vocab - 1}); prepare the dataset again")
+
+
+def check_token_rows(ds: "Dataset", rows: np.ndarray, where: list[tuple[int, int]]) -> None:
+    """Refuse a batch holding an id beyond the vocabulary (a corrupted shard) with the shard file and token offset,
+    before the embedding raises an IndexError mid-run: one max per batch."""
+    if rows.size and int(rows.max()) >= ds.vocab_size:
+        j, i = divmod(int(np.argmax(rows >= ds.vocab_size)), rows.shape[1])
+        shard, start = where[j]
+        raise ScalegptError(f"{ds.shard_files[shard]}: token id {int(rows[j, i])} at token offset {start + i} is "
+                            f"beyond the tokenizer's {ds.vocab_size} ids; the shard is corrupted (`scalegpt check "
+                            f"{ds.data_dir}` hashes every shard)")
 
 
 def _check_shard(path: Path, dtype: str, num_tokens: int) -> None:
@@ -121,6 +156,12 @@ class Dataset:
 
     def tokenizer(self):
         return tokenizer_from_spec(self.tokenizer_spec)
+
+    def check_vocab(self, vocab_size: int, what: str) -> None:
+        """ScalegptError when a model with `vocab_size` embeddings cannot take every id of this split."""
+        if vocab_size < self.vocab_size:
+            raise ScalegptError(f"{what} has a vocabulary of {vocab_size} ids, smaller than the {self.vocab_size} of "
+                                f"the tokenizer of {self.data_dir}")
 
     def check_tokenizer(self, spec: dict, what: str = "the model") -> None:
         """ScalegptError when `spec` is not the tokenizer this data was prepared with."""
@@ -187,9 +228,20 @@ def check_dataset(data_dir) -> list[dict]:
         for s in info["shards"]:
             path = data_dir / s["file"]
             row = {"split": split, "file": s["file"], "num_tokens": s["num_tokens"], "dtype": meta["dtype"],
-                   "ok": True, "problem": ""}
+                   "max_token": s.get("max_token"), "ok": True, "problem": ""}
             try:
                 _check_shard(path, meta["dtype"], s["num_tokens"])
+                tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+                largest = int(tokens.max()) if len(tokens) else -1
+                vocab = meta["tokenizer"]["vocab_size"]
+                if largest >= vocab:
+                    offset = int(np.argmax(tokens >= vocab))
+                    raise ScalegptError(f"{path}: token id {int(tokens[offset])} at token offset {offset} is beyond "
+                                        f"the tokenizer's {vocab} ids: the shard is corrupted")
+                if s.get("max_token", largest) != largest:
+                    raise ScalegptError(f"{path}: largest token id {largest}, but meta.json says {s['max_token']}: "
+                                        "the shard is corrupted")
+                del tokens
                 h = hashlib.sha256()
                 with open(path, "rb") as f:
                     while block := f.read(1 << 22):
@@ -299,9 +351,10 @@ class DataLoader:
     def _make_batch(self, position: int):
         first = position + self.rank * self.B
         rows = np.empty((self.B, self.T + 1), dtype=self.ds.dtype)
-        for j in range(self.B):
-            shard, start = self.locate(first + j)
+        where = [self.locate(first + j) for j in range(self.B)]
+        for j, (shard, start) in enumerate(where):
             rows[j] = self.ds.read(shard, start, start + self.T + 1)
+        check_token_rows(self.ds, rows, where)
         t = torch.from_numpy(rows.astype(np.int64))
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if self._pin:
@@ -395,10 +448,13 @@ def eval_batches(ds: Dataset, batch_size: int, seq_len: int, max_tokens: int | N
     for b in range(0, len(mine), B):
         idx = mine[b:b + B]
         rows = np.empty((len(idx), T + 1), dtype=ds.dtype)
+        where = []
         for j, i in enumerate(idx):
             k = int(np.searchsorted(cum, i, side="right"))
             local = i - (int(cum[k - 1]) if k else 0)
             rows[j] = ds.read(k, local * T, local * T + T + 1)
+            where.append((k, local * T))
+        check_token_rows(ds, rows, where)
         t = torch.from_numpy(rows.astype(np.int64))
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if device.type == "cuda":

@@ -117,8 +117,8 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
-        self.pending_checkpoint = None  # (step, state, config) of a checkpoint waiting for its weights' verification
-        self.unverified_resume = None  # the checkpoint resumed from, until a forward pass on it gives a finite loss
+        # A checkpoint (step, state, config) waiting for a finite loss on its weights; the checkpoint resumed from.
+        self.pending_checkpoint, self.unverified_resume = None, None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.strategy.is_main and self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -317,19 +317,17 @@ class Trainer:
         return loss_sum, norm, lr
 
     def _verified(self, finite_loss: bool) -> None:
-        """A forward pass on the current weights (untouched since the last update) gave a finite loss, or did not:
-        write the checkpoint waiting for that verdict, or drop it."""
-        pending, self.pending_checkpoint = self.pending_checkpoint, None
-        if finite_loss and self.unverified_resume is not None:
-            self.guard.last_checkpoint, self.unverified_resume = str(self.unverified_resume), None
-        if pending is None:
-            return
+        """A forward pass on the current weights (untouched since the last update) gave a finite loss: write the
+        checkpoint waiting for that verdict. A non-finite one keeps it waiting: a skipped step leaves the weights as
+        they were, so it is still exact, and a later checkpoint due on these same weights replaces it."""
         if not finite_loss:
-            self.say(f"step {pending[0]}: checkpoint not written (the next forward pass on its weights gave a "
-                     f"non-finite loss)")
             return
-        with self._paused() if self.progress is not None else contextlib.nullcontext():
-            self.save_checkpoint(pending)
+        if self.unverified_resume is not None:
+            self.guard.last_checkpoint, self.unverified_resume = str(self.unverified_resume), None
+        pending, self.pending_checkpoint = self.pending_checkpoint, None
+        if pending is not None:
+            with self._paused() if self.progress is not None else contextlib.nullcontext():
+                self.save_checkpoint(pending)
 
     def _undo_nonfinite_update(self, step: int) -> None:
         """The update just applied made weights or optimizer state NaN/inf. Keeping a pre-step copy would cost
@@ -380,8 +378,11 @@ class Trainer:
                         self.evaluate()
                 interval = c.checkpoint.interval
                 if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
-                    if last or self.stop_signal or not self.guard.enabled:
+                    if last or self.stop_signal or not self.guard.enabled:  # no next step to verify it: write now
                         with self._paused():
+                            if self.pending_checkpoint is not None:  # the same weights: only skipped steps since
+                                self.save_checkpoint(self.pending_checkpoint)
+                            self.pending_checkpoint = None
                             self.save_checkpoint()
                     else:  # written by the next step, once a forward pass verified these weights
                         self.pending_checkpoint = self.capture_checkpoint()

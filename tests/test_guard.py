@@ -275,8 +275,11 @@ def test_trainer_aborts_after_consecutive_skips_and_the_checkpoint_survives(char
         trainer.fit()
     msg = str(e.value)
     assert msg.startswith("aborting: 3 consecutive steps skipped (last: non-finite loss (loss=nan")
-    assert "at step 6" in msg and "step_000004" in msg
-    model, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_000004")
+    # The checkpoint due at step 4 waits for a forward pass on its weights to give a finite loss; step 5's did not,
+    # so it was never written, and the abort names step 2, the last one whose weights were verified.
+    assert "at step 6" in msg and "step_000002" in msg
+    assert not (tmp_path / "run" / "checkpoints" / "step_000004").exists()
+    model, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_000002")
     assert _finite(model)
 
 
@@ -323,7 +326,10 @@ def test_guard_counters_survive_resume(char_data, tmp_path):
     cfg = _tiny_run_config(char_data, 6)
     resumed = Trainer(cfg, tmp_path / "run", resume=True, echo=lambda s: None)
     assert resumed.step == 4 and resumed.guard.skipped_total == 1
-    assert resumed.guard.last_checkpoint is not None and resumed.guard.last_checkpoint.endswith("step_000004")
+    # The checkpoint resumed from is named by an abort only once a forward pass on its weights gave a finite loss.
+    assert resumed.guard.last_checkpoint is None and str(resumed.unverified_resume).endswith("step_000004")
+    resumed.fit()
+    assert resumed.guard.skipped_total == 1 and resumed.guard.last_checkpoint.endswith("step_000006")
 
 
 def test_fp16_nan_step_is_skipped_and_the_scaler_still_backs_off(char_data, tmp_path):
