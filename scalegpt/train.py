@@ -5,12 +5,10 @@ the guard's verdict, then the optimizer update with the step's learning rate. Ev
 multi-process training goes through a `Strategy` (process group, wrapping, no_sync, clipping, reductions, checkpoint
 I/O); the default is one process on one device, and `DistributedStrategy` the DDP/FSDP one (scalegpt.strategy).
 
-Non-finite numbers never reach a checkpoint. With guard.skip_nonfinite (the default) the weights and optimizer state
-are checked after every update (one fused reduction, scalegpt.finite); an update that made them NaN/inf is undone by
-restoring both from the last verified checkpoint and counted by the guard as a skipped step. A checkpoint due at step
-N is written during step N+1, once a forward pass on exactly its weights gave a finite loss (the state it records is
-captured at step N; weights and optimizer are still untouched then), so every checkpoint the guard names evaluates to
-a finite loss. The last checkpoint of a run is written at once, checked for finiteness only.
+No NaN reaches a checkpoint. With guard.skip_nonfinite, weights and optimizer state are checked after each update
+(scalegpt.finite); an update that made them NaN/inf is undone from the last verified checkpoint and counted as a
+skipped step. A checkpoint due at step N is written in step N+1 once a forward pass on its weights gave a finite loss
+(its other state captured at N), so every checkpoint the guard names evaluates; a run's last one is written at once.
 
 Steps are counted as updates done: step 1 is the first update, `checkpoints/step_000500` holds the state after 500,
 and the evaluation logged at step s sees the weights after s updates (step 0: before any).
