@@ -217,8 +217,9 @@ def open_dataset(data_dir, split: str = "train") -> Dataset:
 
 
 def check_dataset(data_dir) -> list[dict]:
-    """Every shard of every split: header checks and the sha256 of the whole file. Returns one row per shard with
-    `ok` and `problem`; raises only when meta.json itself is unusable."""
+    """Every shard of every split: header checks, the sha256 of the whole file and its largest token id against the
+    vocabulary. Returns one row per shard with `ok`, `problem` and `largest` (the id found; absent when the shard could
+    not be read); raises only when meta.json itself is unusable."""
     import hashlib
 
     data_dir = Path(data_dir)
@@ -228,27 +229,28 @@ def check_dataset(data_dir) -> list[dict]:
         for s in info["shards"]:
             path = data_dir / s["file"]
             row = {"split": split, "file": s["file"], "num_tokens": s["num_tokens"], "dtype": meta["dtype"],
-                   "max_token": s.get("max_token"), "ok": True, "problem": ""}
+                   "ok": True, "problem": ""}
             try:
                 _check_shard(path, meta["dtype"], s["num_tokens"])
-                tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-                largest = int(tokens.max()) if len(tokens) else -1
-                vocab = meta["tokenizer"]["vocab_size"]
-                if largest >= vocab:
-                    offset = int(np.argmax(tokens >= vocab))
-                    raise ScalegptError(f"{path}: token id {int(tokens[offset])} at token offset {offset} is beyond "
-                                        f"the tokenizer's {vocab} ids: the shard is corrupted")
-                if s.get("max_token", largest) != largest:
-                    raise ScalegptError(f"{path}: largest token id {largest}, but meta.json says {s['max_token']}: "
-                                        "the shard is corrupted")
-                del tokens
                 h = hashlib.sha256()
                 with open(path, "rb") as f:
                     while block := f.read(1 << 22):
                         h.update(block)
+                problems = []
                 if h.hexdigest() != s["sha256"]:
-                    raise ScalegptError(f"{path}: sha256 {h.hexdigest()[:16]}... does not match meta.json "
-                                        f"({s['sha256'][:16]}...): the shard is corrupted")
+                    problems.append(f"sha256 {h.hexdigest()[:16]}... does not match meta.json ({s['sha256'][:16]}...)")
+                tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+                vocab = meta["tokenizer"]["vocab_size"]
+                row["largest"] = int(tokens.max()) if len(tokens) else -1
+                if row["largest"] >= vocab:  # what train and eval would stop at
+                    offset = int(np.argmax(tokens >= vocab))
+                    problems.append(f"token id {int(tokens[offset])} at token offset {offset} is beyond the "
+                                    f"tokenizer's {vocab} ids")
+                elif s.get("max_token", row["largest"]) != row["largest"]:
+                    problems.append(f"largest token id {row['largest']}, but meta.json says {s['max_token']}")
+                del tokens
+                if problems:
+                    raise ScalegptError(f"{path}: {'; '.join(problems)}: the shard is corrupted")
             except ScalegptError as e:
                 row["ok"], row["problem"] = False, str(e)
             rows.append(row)

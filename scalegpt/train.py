@@ -5,10 +5,8 @@ the guard's verdict, then the optimizer update with the step's learning rate. Ev
 multi-process training goes through a `Strategy` (process group, wrapping, no_sync, clipping, reductions, checkpoint
 I/O); the default is one process on one device, and `DistributedStrategy` the DDP/FSDP one (scalegpt.strategy).
 
-No NaN reaches a checkpoint. With guard.skip_nonfinite, weights and optimizer state are checked after each update
-(scalegpt.finite); an update that made them NaN/inf is undone from the last verified checkpoint and counted as a
-skipped step. A checkpoint due at step N is written in step N+1 once a forward pass on its weights gave a finite loss
-(its other state captured at N), so every checkpoint the guard names evaluates; a run's last one is written at once.
+No NaN reaches a checkpoint: updates that make weights non-finite are undone, and a checkpoint is written once a
+forward pass on its weights gave a finite loss (docs/checkpoints.md, "Non-finite weights and verified checkpoints").
 
 Steps are counted as updates done: step 1 is the first update, `checkpoints/step_000500` holds the state after 500,
 and the evaluation logged at step s sees the weights after s updates (step 0: before any).
@@ -32,7 +30,6 @@ from scalegpt import config as cfg_mod
 from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
 from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
-from scalegpt.finite import all_finite, state_tensors
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
 from scalegpt.optim import build_optimizer, lr_at, set_lr
@@ -116,7 +113,7 @@ class Trainer:
         self._build_optimizer()
         self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
         # A checkpoint (step, state, config) waiting for a finite loss on its weights; the checkpoint resumed from.
-        self.pending_checkpoint, self.unverified_resume = None, None
+        self.pending_checkpoint, self.pending_suspect, self.unverified_resume = None, False, None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.strategy.is_main and self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -237,20 +234,11 @@ class Trainer:
                                                                               precision=self.precision))
         return cfg_mod.to_toml(resolved)
 
-    def capture_checkpoint(self) -> tuple[int, dict, str]:
-        """What a checkpoint of this moment records besides the weights and optimizer state (plain data, copied)."""
-        return self.step, self.state_dict(), self.checkpoint_config_toml()
-
-    def weights_finite(self) -> bool:
-        """Are the weights and optimizer state finite on every rank? One fused reduction and one host sync."""
-        return not self.strategy.any_rank(not bool(all_finite(state_tensors(self.raw_model, self.optimizer))))
-
     def save_checkpoint(self, captured: tuple[int, dict, str] | None = None) -> Path:
-        step, state, config_toml = captured or self.capture_checkpoint()
-        if not self.weights_finite():
-            raise ScalegptError(f"aborting: the weights or optimizer state at step {step} are non-finite (NaN or "
-                                f"inf), so no checkpoint is written; {self.guard.checkpoint_note()}. Lower the "
-                                "learning rate or check the optim settings, then resume with --resume")
+        step, state, config_toml = captured or (self.step, self.state_dict(), self.checkpoint_config_toml())
+        if not self.strategy.all_finite(self.raw_model, self.optimizer):
+            raise ScalegptError(f"aborting: non-finite weights or optimizer state at step {step}, so no checkpoint "
+                                f"is written; {self.guard.checkpoint_note()}. Lower the learning rate, then --resume")
         path = self.strategy.save_checkpoint(self.run_dir, step, self.raw_model, self.optimizer, state,
                                              self.tokenizer_spec, config_toml, self.config.checkpoint.keep_last)
         self.last_checkpoint = path
@@ -305,7 +293,7 @@ class Trainer:
         set_lr(optimizer, lr)
         if apply:
             scaler.step(optimizer) if scaler is not None else optimizer.step()
-            if self.config.guard.skip_nonfinite and not self.weights_finite():
+            if self.config.guard.skip_nonfinite and not self.strategy.all_finite(self.raw_model, self.optimizer):
                 self._undo_nonfinite_update(self.step + 1)
         if scaler is not None:
             scaler.update()
@@ -314,10 +302,22 @@ class Trainer:
         self.tokens_seen += self.tokens_per_step
         return loss_sum, norm, lr
 
+    def _checkpoint_due(self, now: bool) -> None:
+        """Write a checkpoint now (no next step will judge its weights), or keep it for the next step's verdict."""
+        if not now:
+            self.pending_checkpoint = self.step, self.state_dict(), self.checkpoint_config_toml()
+            self.pending_suspect = False
+            return
+        with self._paused():
+            pending, self.pending_checkpoint = self.pending_checkpoint, None
+            if pending is not None:  # the same weights: only skipped steps since
+                self.save_checkpoint(pending)
+            self.save_checkpoint()
+
     def _verified(self, finite_loss: bool) -> None:
-        """A forward pass on the current weights (untouched since the last update) gave a finite loss: write the
-        checkpoint waiting for that verdict. A non-finite one keeps it waiting: a skipped step leaves the weights as
-        they were, so it is still exact, and a later checkpoint due on these same weights replaces it."""
+        """A forward pass on the weights (untouched since the last update) gave a finite loss: write the checkpoint
+        waiting for it. A non-finite loss keeps it waiting (a skipped step leaves the weights as they were)."""
+        self.pending_suspect |= not finite_loss
         if not finite_loss:
             return
         if self.unverified_resume is not None:
@@ -328,9 +328,8 @@ class Trainer:
                 self.save_checkpoint(pending)
 
     def _undo_nonfinite_update(self, step: int) -> None:
-        """The update just applied made weights or optimizer state NaN/inf. Keeping a pre-step copy would cost
-        3x the weights in memory and a copy per step, so both come back from the last verified checkpoint instead
-        (the updates since are lost; the data position, step count and RNG go on), and the guard counts a skip."""
+        """The update made weights or optimizer state NaN/inf. A pre-step copy would cost 3x the weights' memory and a
+        copy per step: both come back from the last verified checkpoint instead; the guard counts a skipped step."""
         source = self.guard.last_checkpoint
         if source is None:
             raise ScalegptError(f"aborting: the update at step {step} made the weights or optimizer state non-finite "
@@ -376,17 +375,15 @@ class Trainer:
                         self.evaluate()
                 interval = c.checkpoint.interval
                 if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
-                    if last or self.stop_signal or not self.guard.enabled:  # no next step to verify it: write now
-                        with self._paused():
-                            if self.pending_checkpoint is not None:  # the same weights: only skipped steps since
-                                self.save_checkpoint(self.pending_checkpoint)
-                            self.pending_checkpoint = None
-                            self.save_checkpoint()
-                    else:  # written by the next step, once a forward pass verified these weights
-                        self.pending_checkpoint = self.capture_checkpoint()
+                    self._checkpoint_due(now=last or self.stop_signal is not None or not self.guard.enabled)
             progress.close()
             if self.stop_signal:
                 self.say(f"stopped by {self.stop_signal} at step {self.step}; continue with --resume")
+        except Exception:  # e.g. a corrupted batch: a checkpoint no forward pass has judged yet is not lost
+            pending, self.pending_checkpoint = self.pending_checkpoint, None
+            if pending is not None and not self.pending_suspect and self.strategy.world_size == 1:
+                self.save_checkpoint(pending)
+            raise
         finally:
             self._restore_signal_handlers(handlers)
             if self.run_log is not None:

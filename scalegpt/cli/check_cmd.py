@@ -17,7 +17,7 @@ def run(args) -> int:
     width = max([len(r["file"]) for r in rows] + [5])
     print(f"{'split':<6} {'shard':<{width}} {'tokens':>14} {'dtype':<7} {'max id':>7} status")
     for r in rows:
-        largest = "?" if r["max_token"] is None else r["max_token"]  # not recorded by older versions of prepare
+        largest = r.get("largest", "?")  # the id found in the shard (unreadable shards: "?")
         print(f"{r['split']:<6} {r['file']:<{width}} {r['num_tokens']:>14,} {r['dtype']:<7} {largest:>7} "
               f"{'ok' if r['ok'] else 'BAD'}")
     bad = [r for r in rows if not r["ok"]]
