@@ -74,7 +74,7 @@ class StepGuard:
         self.consecutive_overflows = 0
         self.last_reason: str | None = None
         self.last_checkpoint: str | None = None
-        self._skips_before_step = 0
+        self._skips_before_accept = 0
         self._loss_window: list[float] = []
         self._norm_window: list[float] = []
 
@@ -88,7 +88,6 @@ class StepGuard:
         Raises ScalegptError once max_consecutive_skips steps in a row have been skipped."""
         loss, grad_norm = float(loss), float(grad_norm)
         cfg = self.config
-        self._skips_before_step = self.consecutive_skips  # reject_update puts it back: the run is not recovering
         reason = None
         loss_ok, norm_ok = math.isfinite(loss), math.isfinite(grad_norm)
         if not (loss_ok and norm_ok):
@@ -111,6 +110,7 @@ class StepGuard:
             if reason is not None:
                 self.skipped_spike += 1
         if reason is None:
+            self._skips_before_accept = self.consecutive_skips  # reject_update may yet find this update was bad
             self.consecutive_skips = 0
             self.consecutive_overflows = 0
             self.last_reason = None
@@ -122,13 +122,14 @@ class StepGuard:
         return False
 
     def reject_update(self, step: int | None = None, restored_from: str | None = None) -> None:
-        """The update just applied made the weights or the optimizer state non-finite (the trainer checks after
-        every step): count it as a skipped step, like a non-finite loss. The trainer has put the weights back."""
+        """An update made the weights or the optimizer state non-finite (the trainer checks them when a loss is
+        non-finite and before every checkpoint): count a skipped step. The trainer has put the weights back."""
         self.skipped_nonfinite += 1
-        self.consecutive_skips = self._skips_before_step
+        # The update accepted last made them so: the skips before it still count, the run is not recovering.
+        self.consecutive_skips = max(self.consecutive_skips, self._skips_before_accept)
         where = f" at step {step}" if step is not None else ""
         how = f"; weights and optimizer state restored from {restored_from}" if restored_from else ""
-        self._count_skip(f"the update made the weights or optimizer state non-finite{where}{how}")
+        self._count_skip(f"non-finite weights or optimizer state{where}{how}")
 
     def _count_skip(self, reason: str) -> None:
         cfg = self.config

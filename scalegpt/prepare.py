@@ -3,8 +3,8 @@
 Layout of an output directory:
     train_000000.npy ...   uint16 (vocabulary <= 65536) or uint32 token arrays of exactly `shard_tokens` tokens,
     val_000000.npy ...     except the last shard of each split; every document is preceded by the EOT id
-    meta.json              written last: format version, tokenizer spec, dtype, per-shard token counts, sha256 and
-                           largest token id (`max_token`), inputs with sizes, the command line. No meta.json = not a dataset.
+    meta.json              written last: format version, tokenizer spec, dtype, per-shard token counts, sha256
+                           and largest token id (`max_token`), inputs with sizes, the command line. No meta.json = not a dataset.
     tokenizer.json         (char tokenizer only) the vocabulary, usable as `--tokenizer DIR/tokenizer.json`
 
 Work happens in DIR/.partial/ (shards are written to a temp name, fsync'ed, then renamed). Only when every shard is

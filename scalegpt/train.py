@@ -235,10 +235,8 @@ class Trainer:
         return cfg_mod.to_toml(resolved)
 
     def save_checkpoint(self, captured: tuple[int, dict, str] | None = None) -> Path:
+        self._restored_nonfinite(captured[0] if captured else self.step)  # never a NaN on disk
         step, state, config_toml = captured or (self.step, self.state_dict(), self.checkpoint_config_toml())
-        if not self.strategy.all_finite(self.raw_model, self.optimizer):
-            raise ScalegptError(f"aborting: non-finite weights or optimizer state at step {step}, so no checkpoint "
-                                f"is written; {self.guard.checkpoint_note()}. Lower the learning rate, then --resume")
         path = self.strategy.save_checkpoint(self.run_dir, step, self.raw_model, self.optimizer, state,
                                              self.tokenizer_spec, config_toml, self.config.checkpoint.keep_last)
         self.last_checkpoint = path
@@ -284,17 +282,20 @@ class Trainer:
         apply = True
         if self.guard.enabled:  # the one host sync per step, paid only with a guard on
             loss_f, norm_f = self.strategy.reduce_mean(loss_sum).item(), norm.item()
-            # A finite loss verifies the weights it was computed with (under fp16 an inf gradient is an overflow).
-            self._verified(math.isfinite(loss_f) and (math.isfinite(norm_f) or scaler is not None))
-            apply = self.guard.should_step(loss_f, norm_f, step=self.step + 1)
-            if not apply:
-                self._log_skip(self.step + 1)
+            finite = math.isfinite(loss_f) and (math.isfinite(norm_f) or scaler is not None)  # fp16: inf = overflow
+            # Weights are checked when a checkpoint waits on them or the loss is NaN (bad weights or a bad batch?),
+            # not after every update (~25% of a small CPU step; benchmarks/bench_train.py).
+            if (self.pending_checkpoint or not finite) and self._restored_nonfinite(self.step + 1):
+                apply = False
+            else:
+                self._verified(finite)
+                apply = self.guard.should_step(loss_f, norm_f, step=self.step + 1)
+                if not apply:
+                    self._log_skip(self.step + 1)
         lr = self.lr(self.step)
         set_lr(optimizer, lr)
         if apply:
             scaler.step(optimizer) if scaler is not None else optimizer.step()
-            if self.config.guard.skip_nonfinite and not self.strategy.all_finite(self.raw_model, self.optimizer):
-                self._undo_nonfinite_update(self.step + 1)
         if scaler is not None:
             scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -318,27 +319,30 @@ class Trainer:
         """A forward pass on the weights (untouched since the last update) gave a finite loss: write the checkpoint
         waiting for it. A non-finite loss keeps it waiting (a skipped step leaves the weights as they were)."""
         self.pending_suspect |= not finite_loss
-        if not finite_loss:
-            return
-        if self.unverified_resume is not None:
+        if finite_loss and self.unverified_resume is not None:
             self.guard.last_checkpoint, self.unverified_resume = str(self.unverified_resume), None
-        pending, self.pending_checkpoint = self.pending_checkpoint, None
+        pending = self.pending_checkpoint if finite_loss else None
         if pending is not None:
+            self.pending_checkpoint = None
             with self._paused() if self.progress is not None else contextlib.nullcontext():
                 self.save_checkpoint(pending)
 
-    def _undo_nonfinite_update(self, step: int) -> None:
-        """The update made weights or optimizer state NaN/inf. A pre-step copy would cost 3x the weights' memory and a
-        copy per step: both come back from the last verified checkpoint instead; the guard counts a skipped step."""
+    def _restored_nonfinite(self, step: int) -> bool:
+        """False when weights and optimizer state are finite. Else both come back from the last verified checkpoint
+        (a pre-step copy would cost 3x the weights' memory and a copy per step), the guard counts a skip: True."""
+        if self.strategy.all_finite(self.raw_model, self.optimizer):
+            return False
         source = self.guard.last_checkpoint
-        if source is None:
-            raise ScalegptError(f"aborting: the update at step {step} made the weights or optimizer state non-finite "
-                                "(NaN or inf) and no verified checkpoint had been written yet to restore them from. "
-                                "Lower the learning rate or check the optim settings")
+        if source is None or not self.config.guard.skip_nonfinite:
+            raise ScalegptError(f"aborting: the weights or optimizer state are non-finite (NaN or inf) at step {step}"
+                                f", so no checkpoint is written; {self.guard.checkpoint_note()}. Lower the learning "
+                                "rate or check the optim settings, then resume with --resume")
         self.strategy.load_checkpoint(Path(source), self.raw_model, self.optimizer, self.model_config.to_dict(),
                                       self.tokenizer_spec, self.config.data.dir)
+        self.pending_checkpoint = None  # it would have recorded the broken weights
         self.guard.reject_update(step, restored_from=source)
         self._log_skip(step)
+        return True
 
     def _log_skip(self, step: int) -> None:
         """A skipped update is rare and worth finding later: console, log.txt (`{step} skip {total}`), metrics.jsonl."""

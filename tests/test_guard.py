@@ -400,8 +400,8 @@ def test_an_update_that_makes_weights_nan_is_undone_from_the_last_verified_check
     result = trainer.fit()
     g = trainer.guard
     assert result.step == 5 and g.skipped_total == 1 and g.skipped_nonfinite == 1
-    assert g.last_reason == ("the update made the weights or optimizer state non-finite at step 5; weights and "
-                             f"optimizer state restored from {tmp_path / 'run' / 'checkpoints' / 'step_000004'}")
+    assert g.last_reason == ("non-finite weights or optimizer state at step 5; weights and optimizer state restored "
+                             f"from {tmp_path / 'run' / 'checkpoints' / 'step_000004'}")
     ckpts = tmp_path / "run" / "checkpoints"
     # Step 5's update was undone by restoring step 4's weights and optimizer state: the checkpoint at step 5 holds
     # exactly those, and nothing non-finite.
@@ -425,15 +425,16 @@ def test_repeated_nonfinite_updates_abort_naming_a_verified_checkpoint(char_data
     with pytest.raises(ScalegptError) as e:
         trainer.fit()
     msg = str(e.value)
-    assert msg.startswith("aborting: 3 consecutive steps skipped (last: the update made the weights or optimizer "
-                          "state non-finite at step 7; weights and optimizer state restored from ")
+    assert msg.startswith("aborting: 3 consecutive steps skipped (last: non-finite weights or optimizer state at "
+                          "step 10; weights and optimizer state restored from ")
     assert msg.endswith("resume with --resume") and "the last good checkpoint is intact at" in msg
     named = Path(msg.split("the last good checkpoint is intact at ")[1].split(". ")[0])
-    # Step 6's checkpoint holds the weights restored from step 4 (step 7's forward pass on them was finite).
-    assert named.name == "step_000006" and _finite(load_model_dir(named)[0])
+    # Steps 6, 8 and 10 found the weights NaN (each after an accepted update) and restored them; the checkpoints of
+    # steps 6 and 8 hold the restored weights, written once the next forward pass on them was finite.
+    assert named.name == "step_000008" and _finite(load_model_dir(named)[0])
     four = load_model_dir(named.parent / "step_000004")[0]
-    six = load_model_dir(named)[0]
-    assert all(torch.equal(a, b) for a, b in zip(four.state_dict().values(), six.state_dict().values()))
+    eight = load_model_dir(named)[0]
+    assert all(torch.equal(a, b) for a, b in zip(four.state_dict().values(), eight.state_dict().values()))
 
 
 def test_a_nonfinite_first_update_aborts_when_there_is_nothing_to_restore(char_data, tmp_path):
@@ -441,8 +442,8 @@ def test_a_nonfinite_first_update_aborts_when_there_is_nothing_to_restore(char_d
 
     trainer = Trainer(_tiny_run_config(char_data, 5), tmp_path / "run", echo=lambda s: None)
     _nan_after_update(trainer, {1})
-    with pytest.raises(ScalegptError, match="the update at step 1 made the weights or optimizer state non-finite "
-                                            r"\(NaN or inf\) and no verified checkpoint had been written yet"):
+    with pytest.raises(ScalegptError, match=r"the weights or optimizer state are non-finite \(NaN or inf\) at step 2, "
+                                            "so no checkpoint is written; no checkpoint had been written yet"):
         trainer.fit()
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -453,8 +454,9 @@ def test_without_the_guard_a_nonfinite_model_is_never_written(char_data, tmp_pat
     cfg = _tiny_run_config(char_data, 5, skip_nonfinite=False)
     trainer = Trainer(cfg, tmp_path / "run", echo=lambda s: None)
     _nan_after_update(trainer, {3})
-    with pytest.raises(ScalegptError, match="non-finite weights or optimizer state at step 4, so no checkpoint is "
-                                            "written; the last good checkpoint is intact at .*step_000002"):
+    with pytest.raises(ScalegptError, match=r"the weights or optimizer state are non-finite \(NaN or inf\) at step 4, "
+                                            "so no checkpoint is written; the last good checkpoint is intact at "
+                                            ".*step_000002"):
         trainer.fit()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_000002"]
 
