@@ -332,6 +332,7 @@ class Trainer:
         (a pre-step copy would cost 3x the weights' memory and a copy per step), the guard counts a skip: True."""
         if self.strategy.all_finite(self.raw_model, self.optimizer):
             return False
+        self.pending_checkpoint = None  # it would record the broken weights
         source = self.guard.last_checkpoint
         if source is None or not self.config.guard.skip_nonfinite:
             raise ScalegptError(f"aborting: the weights or optimizer state are non-finite (NaN or inf) at step {step}"
@@ -339,7 +340,6 @@ class Trainer:
                                 "rate or check the optim settings, then resume with --resume")
         self.strategy.load_checkpoint(Path(source), self.raw_model, self.optimizer, self.model_config.to_dict(),
                                       self.tokenizer_spec, self.config.data.dir)
-        self.pending_checkpoint = None  # it would have recorded the broken weights
         self.guard.reject_update(step, restored_from=source)
         self._log_skip(step)
         return True
