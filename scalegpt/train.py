@@ -321,9 +321,8 @@ class Trainer:
         self.pending_suspect |= not finite_loss
         if finite_loss and self.unverified_resume is not None:
             self.guard.last_checkpoint, self.unverified_resume = str(self.unverified_resume), None
-        pending = self.pending_checkpoint if finite_loss else None
-        if pending is not None:
-            self.pending_checkpoint = None
+        if finite_loss and self.pending_checkpoint is not None:
+            pending, self.pending_checkpoint = self.pending_checkpoint, None
             with self._paused() if self.progress is not None else contextlib.nullcontext():
                 self.save_checkpoint(pending)
 
@@ -385,7 +384,8 @@ class Trainer:
                 self.say(f"stopped by {self.stop_signal} at step {self.step}; continue with --resume")
         except Exception:  # e.g. a corrupted batch: a checkpoint no forward pass has judged yet is not lost
             pending, self.pending_checkpoint = self.pending_checkpoint, None
-            if pending is not None and not self.pending_suspect and self.strategy.world_size == 1:
+            if pending is not None and not self.pending_suspect and self.strategy.world_size == 1 \
+                    and self.strategy.all_finite(self.raw_model, self.optimizer):
                 self.save_checkpoint(pending)
             raise
         finally:
