@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from scalegpt._fs import read_json_object, write_dir_atomically
-from scalegpt.checkpoint import TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked
+from scalegpt.checkpoint import (TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked,
+                                 refuse_nonfinite)
 from scalegpt.errors import ScalegptError
 from scalegpt import hf_llama
 from scalegpt.model import GPT, GPTConfig, unwrap
@@ -82,13 +83,22 @@ def _download(name: str) -> Path:
 # ---------------------------------------------------------------------------------------------------- HF -> scalegpt
 
 
+def check_model_type(hf: dict, source) -> str:
+    """The config's model_type when it is one we convert (MODEL_TYPES); otherwise one line naming the file.
+
+    `architectures` is not consulted: tensors that happen to fit GPT-2's names and shapes (a fine-tune saved under
+    another model_type, or a config without one) must not load as GPT-2."""
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+        found = "no model_type" if model_type is None else f"model_type {model_type!r} is not supported"
+        raise ScalegptError(f"{source}: {found}; expected one of {', '.join(MODEL_TYPES)}")
+    return model_type
+
+
 def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
     """GPTConfig from a HF GPT-2 config.json dict; anything GPT-2 allows that our model does not compute is an error."""
-    model_type = hf.get("model_type")
-    archs = hf.get("architectures") or []
-    if model_type != "gpt2" and not any(a.startswith("GPT2") for a in archs):
-        raise ScalegptError(f"{source}: model_type '{model_type}' (architectures {archs}) is not supported; "
-                            "only GPT-2 (model_type \"gpt2\") checkpoints can be loaded")
+    if check_model_type(hf, source) != "gpt2":
+        raise ScalegptError(f"{source}: model_type {hf['model_type']!r} is not GPT-2")
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         if not isinstance(hf.get(key), int):
             raise ScalegptError(f"{source}: '{key}' must be an integer, got {hf.get(key)!r}")
@@ -179,18 +189,14 @@ def _load_hf_dir(directory: Path, device) -> tuple[GPT, dict | None]:
     hf_config = _read_json(source)
     if hf_config.get("format") == "scalegpt":
         return load_model_dir(directory, device=device)  # ours but incomplete: let it say what is missing
-    model_type = hf_config.get("model_type")
-    if model_type is None:
-        raise ScalegptError(f"{source}: no model_type; expected one of {', '.join(MODEL_TYPES)}")
-    if model_type not in MODEL_TYPES:
-        raise ScalegptError(f"{source}: model_type '{model_type}' is not supported; "
-                            f"expected one of {', '.join(MODEL_TYPES)}")
+    model_type = check_model_type(hf_config, source)
     if model_type == "gpt2":
         config = hf_config_to_gpt(hf_config, source)
         state = hf_state_to_gpt(read_hf_weights(directory), config)
     else:
         config = hf_llama.config_from_hf(hf_config, source)
         state = hf_llama.state_from_hf(read_hf_weights(directory), config, directory)
+    refuse_nonfinite(state, directory, "weights")
     spec = _hf_tokenizer_spec(directory, config, model_type == "gpt2")
     with torch.device("meta"):
         model = GPT(config)
