@@ -142,6 +142,11 @@ class CombinedOptimizer:
     def param_groups(self) -> list[dict]:
         return [g for o in self.parts.values() for g in o.param_groups]
 
+    @property
+    def state(self) -> dict:
+        """Per-parameter state of every part (parameter -> its state dict), as torch.optim.Optimizer.state."""
+        return {p: s for o in self.parts.values() for p, s in o.state.items()}
+
     def step(self) -> None:
         for optimizer in self.parts.values():
             optimizer.step()

@@ -186,3 +186,17 @@ def test_muon_selection_with_modern_model_options():
     assert {"transformer.wte.weight", "lm_head.weight", "transformer.value_embeds.1.weight",
             "transformer.resid_lambdas", "transformer.x0_lambdas", "transformer.ln_f.weight"} <= adamw
     assert muon.isdisjoint(adamw) and len(muon) + len(adamw) == len(names)
+
+
+def test_a_nan_in_muons_state_is_seen_by_the_finiteness_check(tiny_model):
+    """The trainer's checkpoint check reads optimizer.state: with Muon that must cover both parts, so a NaN in
+    Muon's momentum buffer never reaches a checkpoint."""
+    from scalegpt.finite import all_finite, state_tensors
+
+    optimizer, _ = build_optimizers(tiny_model, OptimSection(name="muon"), "cpu")
+    _fake_step(tiny_model, optimizer, 0)
+    assert set(optimizer.state) == {p for g in optimizer.param_groups for p in g["params"]}
+    assert bool(all_finite(state_tensors(tiny_model, optimizer)))
+    muon_param = optimizer.parts["muon"].param_groups[0]["params"][0]
+    next(v for v in optimizer.state[muon_param].values() if isinstance(v, torch.Tensor)).view(-1)[0] = float("nan")
+    assert not bool(all_finite(state_tensors(tiny_model, optimizer)))
