@@ -90,7 +90,7 @@ def load_model_dir(directory, device="cpu"):
     config = read_config(directory)
     if config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
         raise ScalegptError(f"{directory / 'config.json'}: not a scalegpt checkpoint config (expected \"format\": \"scalegpt\")")
-    model_config = GPTConfig.from_dict(config["model"])
+    model_config = GPTConfig.from_dict(config["model"], where=str(directory / "config.json"))
     spec = config.get("tokenizer")
     if spec is not None and spec.get("vocab_size") not in (None, model_config.vocab_size):
         raise ScalegptError(
@@ -138,6 +138,7 @@ def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, 
     if saved.get("tokenizer") is not None:  # first: another tokenizer also shows up as another vocab_size below
         check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
     saved_model = saved.get("model") or {}
+    GPTConfig.from_dict(saved_model, where=str(directory / "config.json"))  # a hand-edited value: its own message
     differ = [f"{k}: checkpoint {saved_model.get(k)!r}, config {v!r}" for k, v in model_config.items()
               if k != "dropout" and saved_model.get(k) != v]
     if differ:
