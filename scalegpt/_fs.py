@@ -109,7 +109,7 @@ def _write_error(final: Path, e: Exception, label: str = "checkpoint") -> str | 
         else:
             code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in text), None)
     what = _WRITE_ERRNOS.get(code)
-    if what is None and not isinstance(e, OSError):
+    if what is None and code is None:  # torch.save's "unexpected pos", numpy's "N requested and M written"
         try:
             st = os.statvfs(final.parent)
             if st.f_bavail * st.f_frsize < _LOW_SPACE_BYTES:
@@ -120,6 +120,26 @@ def _write_error(final: Path, e: Exception, label: str = "checkpoint") -> str | 
         return None
     detail = " ".join(str(e).split())
     return f"cannot write {label} {final}: {what} ({detail}); any previous {label} is untouched"
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: 'PATH: cause', the cause in words for the errors a user meets."""
+    cause = _CAUSES.get(e.errno) or e.strerror or str(e) or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else f"{cause} ({type(e).__name__})"
+
+
+_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOTDIR: "not a directory",
+    errno.EEXIST: "already exists",
+}
 
 
 def fsync_dir(path: Path) -> None:
