@@ -42,7 +42,7 @@ def write_text_atomically(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_dir_atomically(final: Path, write_into) -> None:
+def write_dir_atomically(final: Path, write_into, label: str = "checkpoint") -> None:
     """Call write_into(tmp_dir), then rename tmp_dir to `final`: a crash midway never leaves `final` half-written.
 
     An existing `final` is replaced only after the new directory is complete on disk."""
@@ -55,7 +55,7 @@ def write_dir_atomically(final: Path, write_into) -> None:
         tmp.mkdir()
     except OSError as e:
         if e.errno in _WRITE_ERRNOS:
-            raise ScalegptError(_write_error(final, e)) from None
+            raise ScalegptError(_write_error(final, e, label)) from None
         raise
     try:
         write_into(tmp)
@@ -78,7 +78,7 @@ def write_dir_atomically(final: Path, write_into) -> None:
         fsync_dir(final.parent)
     except BaseException as e:
         # Diagnose before rmtree frees the space; a ScalegptError from write_into is already the clear message.
-        why = _write_error(final, e) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
+        why = _write_error(final, e, label) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
         shutil.rmtree(tmp, ignore_errors=True)
         if why is not None:
             raise ScalegptError(why) from None

@@ -218,18 +218,24 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, ou
 
     if model_type not in ("bpe", "unigram"):
         raise ScalegptError(f"--model-type must be 'bpe' or 'unigram', got '{model_type}'")
+    if vocab_size < 1:
+        raise ScalegptError(f"--vocab-size must be >= 1, got {vocab_size}")
     files = list(_text_files(inputs))
     if not files:
         raise ScalegptError(f"no text files found in {[str(i) for i in inputs]}")
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
 
+    found_text = False  # for a clear message when every file is empty
+
     def lines():
+        nonlocal found_text
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     line = line.rstrip("\n")
                     if line.strip():
+                        found_text = True
                         yield line
 
     try:
@@ -242,6 +248,8 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, ou
             normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         )
     except RuntimeError as e:
+        if not found_text:
+            raise ScalegptError(f"no text found in {[str(f) for f in files]}") from None
         raise ScalegptError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
     return out_prefix.with_suffix(".model")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from scalegpt import config as cfg_mod
+from scalegpt._fs import write_text_atomically
 from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
 from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
@@ -117,7 +118,7 @@ class Trainer:
         self.run_log = None
         if self.strategy.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(cfg_mod.to_toml(c), encoding="utf-8")
+            write_text_atomically(self.run_dir / "config.toml", cfg_mod.to_toml(c))  # a full disk keeps the old one
             self.run_log = RunLog(self.run_dir, c.log.tensorboard, resume_step=self.step if self.resumed else -1)
         self.peak_flops, peak_source = peak_flops(self.device, self.precision, c.train.tf32)
         self.flops_per_step = self.raw_model.flops_per_token(self.seq_len) * self.tokens_per_step

@@ -73,6 +73,8 @@ def resolve_checkpoint(path) -> Path:
     ckpts = sorted((c for c in ckpts if is_model_dir(c)), key=lambda c: (step_number(c), c.name))
     if ckpts:
         return ckpts[-1]
+    for broken in ([p] if (p / "config.json").is_file() else []) + sorted((p / "checkpoints").glob("step_*"))[::-1]:
+        read_config(broken)  # a checkpoint whose config.json is unreadable: name the file and the reason
     if not p.exists():
         raise ScalegptError(f"{p}: no such checkpoint or run directory")
     raise ScalegptError(f"{p}: neither a checkpoint directory (config.json + model.safetensors) "
