@@ -298,17 +298,22 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
     if not isinstance(spec, dict) or "kind" not in spec:
         raise ScalegptError(f"not a tokenizer spec (a dict with 'kind'): {str(spec)[:80]}")
     kind = spec["kind"]
-    if kind == "gpt2":
-        tok: Tokenizer = GPT2Tokenizer()
-    elif kind == "char":
-        tok = CharTokenizer(spec["chars"])
-    elif kind == "sentencepiece":
-        proto = base64.b64decode(spec["model"])
-        if "sha256" in spec and hashlib.sha256(proto).hexdigest() != spec["sha256"]:
-            raise ScalegptError("SentencePiece model in the tokenizer spec does not match its sha256")
-        tok = SentencePieceTokenizer(proto, source="tokenizer spec")
-    else:
-        raise ScalegptError(f"unknown tokenizer kind '{kind}' in spec; expected gpt2, char or sentencepiece")
+    try:
+        if kind == "gpt2":
+            tok: Tokenizer = GPT2Tokenizer()
+        elif kind == "char":
+            if not isinstance(spec.get("chars"), str):
+                raise ScalegptError(f"char tokenizer spec: 'chars' must be a string, got {spec.get('chars')!r:.40}")
+            tok = CharTokenizer(spec["chars"])
+        elif kind == "sentencepiece":
+            proto = base64.b64decode(spec["model"])
+            if "sha256" in spec and hashlib.sha256(proto).hexdigest() != spec["sha256"]:
+                raise ScalegptError("SentencePiece model in the tokenizer spec does not match its sha256")
+            tok = SentencePieceTokenizer(proto, source="tokenizer spec")
+        else:
+            raise ScalegptError(f"unknown tokenizer kind '{kind}' in spec; expected gpt2, char or sentencepiece")
+    except (KeyError, TypeError, ValueError) as e:  # a hand-edited spec: a missing key, base64 that is not
+        raise ScalegptError(f"malformed {kind} tokenizer spec ({type(e).__name__}: {e})") from None
     if "vocab_size" in spec and spec["vocab_size"] != tok.vocab_size:
         raise ScalegptError(f"tokenizer spec says vocab_size {spec['vocab_size']} but the tokenizer has {tok.vocab_size}")
     return tok

@@ -94,14 +94,20 @@ def load_model_dir(directory, device="cpu"):
         raise ScalegptError(f"{directory / 'config.json'}: not a scalegpt checkpoint config (expected \"format\": \"scalegpt\")")
     model_config = GPTConfig.from_dict(config["model"], where=str(directory / "config.json"))
     spec = config.get("tokenizer")
+    if spec is not None and not isinstance(spec, dict):
+        raise ScalegptError(f"{directory / 'config.json'}: 'tokenizer' must be an object, got {spec!r:.40}")
     if spec is not None and spec.get("vocab_size") not in (None, model_config.vocab_size):
         raise ScalegptError(
             f"{directory}: model vocab_size {model_config.vocab_size} does not match its tokenizer's "
             f"vocab_size {spec.get('vocab_size')} ({spec.get('kind')})"
         )
-    with torch.device("meta"):
-        model = GPT(model_config)
-    model = model.to_empty(device=device)
+    try:
+        with torch.device("meta"):
+            model = GPT(model_config)
+        model = model.to_empty(device=device)
+    except (RuntimeError, MemoryError) as e:  # a config.json edited to an impossible size
+        raise ScalegptError(f"{directory / 'config.json'}: cannot allocate the model it describes "
+                            f"({str(e).splitlines()[0][:120]})") from None
     load_weights(model, directory)
     model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
     return model, spec

@@ -163,7 +163,8 @@ def apply_overrides(config: Config, overrides: Mapping[str, object] | Iterable[t
     for key, value in items:
         if key == PRESET_KEY:
             if value not in PRESETS:
-                raise ScalegptError(f"{where}: {PRESET_KEY} must be one of {' | '.join(PRESETS)}, got {value!r}")
+                at = "--" if where == "command line" else f"{where}: "
+                raise ScalegptError(f"{at}{PRESET_KEY} must be one of {' | '.join(PRESETS)}, got {value!r}")
             for name, v in PRESETS[value].items():
                 _set(config, f"model.{name}", v)
             continue
