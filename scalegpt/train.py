@@ -26,6 +26,7 @@ import torch
 from scalegpt import config as cfg_mod
 from scalegpt._fs import write_text_atomically
 from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
+from scalegpt.checkpoint.train_state import refuse_damaged_newer
 from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
@@ -58,7 +59,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     if not run_dir.is_dir():
         raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
     if resume:
-        return latest_checkpoint(run_dir)
+        latest = latest_checkpoint(run_dir)
+        refuse_damaged_newer(run_dir, latest)
+        return latest
     if overwrite:
         if not any((run_dir / m).exists() for m in RUN_MARKERS):
             raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")

@@ -296,6 +296,9 @@ CASES = [
          copy("run", overwrite("checkpoints/step_000004/train_state.pt", BINARY)), survives=("{tmp}/run",)),
     Case("train resume: weights truncated", RESUME, "model.safetensors",
          copy("run", truncate("checkpoints/step_000004/model.safetensors", 100)), survives=("{tmp}/run",)),
+    Case("train resume: newest checkpoint damaged", RESUME, "step_000004: damaged checkpoint (model.safetensors "
+         "missing), newer than step_000002", copy("run", remove("checkpoints/step_000004/model.safetensors")),
+         survives=("{tmp}/run",)),
     Case("train disk full at a checkpoint's last bytes", RESUME, "disk full",
          both(copy("run"), full_disk("*train_config.toml*")), survives=("{tmp}/run/checkpoints",)),
     Case("train disk full writing log.txt", RESUME, "log.txt: disk full", both(copy("run"), full_disk("log.txt")),

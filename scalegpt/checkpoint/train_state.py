@@ -50,6 +50,20 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+def refuse_damaged_newer(run_dir, latest: Path | None) -> None:
+    """A step_N newer than the latest complete checkpoint that is not complete itself was damaged after it was written
+    (a crash never leaves one: see save_checkpoint). Resuming would overwrite it, so stop and say so instead."""
+    root = Path(run_dir) / "checkpoints"
+    newest = step_number(latest) if latest is not None else -1
+    for p in sorted(root.glob("step_*"), key=step_number) if root.is_dir() else []:
+        if step_number(p) > newest:
+            missing = [n for n in ("config.json", "model.safetensors", STATE_FILE) if not (p / n).is_file()]
+            what = f"{', '.join(missing)} missing" if missing else "its config.json is not a scalegpt checkpoint's"
+            raise ScalegptError(f"{p}: damaged checkpoint ({what}), newer than "
+                                f"{latest.name if latest else 'any complete one'}; resuming would overwrite it. Move "
+                                f"it out of {root} to resume from {latest.name if latest else 'scratch'}")
+
+
 # ------------------------------------------------------------------------------------------------------ RNG
 
 
