@@ -27,7 +27,7 @@ from scalegpt import config as cfg_mod
 from scalegpt._fs import write_text_atomically
 from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
 from scalegpt.checkpoint.train_state import refuse_damaged_newer
-from scalegpt.config import Config
+from scalegpt.config import Config, DataSection
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
@@ -164,6 +164,9 @@ class Trainer:
             if splits.get(c.data.val_split, {}).get("num_tokens", 0) > 0:
                 self.val_data = open_dataset(c.data.dir, split=c.data.val_split)
                 self.byte_lengths = token_byte_lengths(self.tokenizer)  # bytes per token id, for bits per byte
+            elif c.data.val_split not in splits and c.data.val_split != DataSection.val_split:  # a typo, not a choice
+                raise ScalegptError(f"data.val_split: {c.data.dir} has no split '{c.data.val_split}' "
+                                    f"(has {', '.join(splits)})")
             else:
                 self.say(f"no '{c.data.val_split}' split in {c.data.dir}: validation loss is off")
         self.hellaswag = None

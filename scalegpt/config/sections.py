@@ -241,7 +241,6 @@ RANGES = {
     "schedule.min_lr_ratio": "[0, 1]", "schedule.wsd_decay_fraction": "[0, 1]",
     "train.max_steps": ">= 1", "train.global_batch_tokens": ">= 1", "train.micro_batch_size": ">= 1",
     "train.seed": "[0, 18446744073709551616)",  # what torch.manual_seed and numpy's generators accept
-    "log.interval": ">= 1",
     "dist.timeout_minutes": ">= 1",
     "guard.spike_window": ">= 2", "guard.spike_zscore": "> 0",
 }
