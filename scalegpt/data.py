@@ -74,7 +74,42 @@ def _load_meta(data_dir: Path) -> dict:
                 for s in shards):
             raise ScalegptError(f"{meta_path}: key 'splits.{name}.shards' should be a list of "
                                 f"{{file, num_tokens, sha256}} entries")
+        for s in shards:  # written by prepare since max_token was recorded; older datasets are checked per batch
+            if "max_token" in s and (not isinstance(s["max_token"], int) or s["max_token"] < 0):
+                raise ScalegptError(f"{meta_path}: key 'splits.{name}.shards' entry {s['file']}: 'max_token' should "
+                                    f"be an integer >= 0, got {s['max_token']!r}")
+    _check_vocab(meta_path, meta)
     return meta
+
+
+def _check_vocab(meta_path: Path, meta: dict) -> None:
+    """meta.json's vocabulary must agree with its tokenizer spec, and every shard's recorded largest id fit it."""
+    spec = meta["tokenizer"]
+    vocab = spec.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise ScalegptError(f"{meta_path}: key 'tokenizer.vocab_size' should be an integer >= 1, got {vocab!r}")
+    implied = {"char": len(spec["chars"]) + 1 if isinstance(spec.get("chars"), str) else None,
+               "gpt2": 50257}.get(spec["kind"])
+    for key, value in (("vocab_size", meta.get("vocab_size", vocab)), ("tokenizer.chars", implied)):
+        if value is not None and value != vocab:
+            raise ScalegptError(f"{meta_path}: key '{key}' implies a vocabulary of {value} ids but "
+                                f"'tokenizer.vocab_size' is {vocab}; meta.json was edited or is corrupted")
+    for name, info in meta["splits"].items():
+        for s in info["shards"]:
+            if s.get("max_token", -1) >= vocab:
+                raise ScalegptError(f"{meta_path}: shard {s['file']} holds token id {s['max_token']}, beyond the "
+                                    f"tokenizer's {vocab} ids (0..{vocab - 1}); prepare the dataset again")
+
+
+def check_token_rows(ds: "Dataset", rows: np.ndarray, where: list[tuple[int, int]]) -> None:
+    """Refuse a batch holding an id beyond the vocabulary (a corrupted shard) with the shard file and token offset,
+    before the embedding raises an IndexError mid-run: one max per batch."""
+    if rows.size and int(rows.max()) >= ds.vocab_size:
+        j, i = divmod(int(np.argmax(rows >= ds.vocab_size)), rows.shape[1])
+        shard, start = where[j]
+        raise ScalegptError(f"{ds.shard_files[shard]}: token id {int(rows[j, i])} at token offset {start + i} is "
+                            f"beyond the tokenizer's {ds.vocab_size} ids; the shard is corrupted (`scalegpt check "
+                            f"{ds.data_dir}` hashes every shard)")
 
 
 def _check_shard(path: Path, dtype: str, num_tokens: int) -> None:
@@ -128,6 +163,12 @@ class Dataset:
 
     def tokenizer(self):
         return tokenizer_from_spec(self.tokenizer_spec)
+
+    def check_vocab(self, vocab_size: int, what: str) -> None:
+        """ScalegptError when a model with `vocab_size` embeddings cannot take every id of this split."""
+        if vocab_size < self.vocab_size:
+            raise ScalegptError(f"{what} has a vocabulary of {vocab_size} ids, smaller than the {self.vocab_size} of "
+                                f"the tokenizer of {self.data_dir}")
 
     def check_tokenizer(self, spec: dict, what: str = "the model") -> None:
         """ScalegptError when `spec` is not the tokenizer this data was prepared with."""
@@ -183,8 +224,9 @@ def open_dataset(data_dir, split: str = "train") -> Dataset:
 
 
 def check_dataset(data_dir) -> list[dict]:
-    """Every shard of every split: header checks and the sha256 of the whole file. Returns one row per shard with
-    `ok` and `problem`; raises only when meta.json itself is unusable."""
+    """Every shard of every split: header checks, the sha256 of the whole file and its largest token id against the
+    vocabulary. Returns one row per shard with `ok`, `problem` and `largest` (the id found; absent when the shard could
+    not be read); raises only when meta.json itself is unusable."""
     import hashlib
 
     data_dir = Path(data_dir)
@@ -201,9 +243,21 @@ def check_dataset(data_dir) -> list[dict]:
                 with open(path, "rb") as f:
                     while block := f.read(1 << 22):
                         h.update(block)
+                problems = []
                 if h.hexdigest() != s["sha256"]:
-                    raise ScalegptError(f"{path}: sha256 {h.hexdigest()[:16]}... does not match meta.json "
-                                        f"({s['sha256'][:16]}...): the shard is corrupted")
+                    problems.append(f"sha256 {h.hexdigest()[:16]}... does not match meta.json ({s['sha256'][:16]}...)")
+                tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+                vocab = meta["tokenizer"]["vocab_size"]
+                row["largest"] = int(tokens.max()) if len(tokens) else -1
+                if row["largest"] >= vocab:  # what train and eval would stop at
+                    offset = int(np.argmax(tokens >= vocab))
+                    problems.append(f"token id {int(tokens[offset])} at token offset {offset} is beyond the "
+                                    f"tokenizer's {vocab} ids")
+                elif s.get("max_token", row["largest"]) != row["largest"]:
+                    problems.append(f"largest token id {row['largest']}, but meta.json says {s['max_token']}")
+                del tokens
+                if problems:
+                    raise ScalegptError(f"{path}: {'; '.join(problems)}: the shard is corrupted")
             except ScalegptError as e:
                 row["ok"], row["problem"] = False, str(e)
             rows.append(row)
@@ -306,9 +360,10 @@ class DataLoader:
     def _make_batch(self, position: int):
         first = position + self.rank * self.B
         rows = np.empty((self.B, self.T + 1), dtype=self.ds.dtype)
-        for j in range(self.B):
-            shard, start = self.locate(first + j)
+        where = [self.locate(first + j) for j in range(self.B)]
+        for j, (shard, start) in enumerate(where):
             rows[j] = self.ds.read(shard, start, start + self.T + 1)
+        check_token_rows(self.ds, rows, where)
         t = torch.from_numpy(rows.astype(np.int64))
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if self._pin:
@@ -402,10 +457,13 @@ def eval_batches(ds: Dataset, batch_size: int, seq_len: int, max_tokens: int | N
     for b in range(0, len(mine), B):
         idx = mine[b:b + B]
         rows = np.empty((len(idx), T + 1), dtype=ds.dtype)
+        where = []
         for j, i in enumerate(idx):
             k = int(np.searchsorted(cum, i, side="right"))
             local = i - (int(cum[k - 1]) if k else 0)
             rows[j] = ds.read(k, local * T, local * T + T + 1)
+            where.append((k, local * T))
+        check_token_rows(ds, rows, where)
         t = torch.from_numpy(rows.astype(np.int64))
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if device.type == "cuda":

@@ -52,7 +52,8 @@ class StepGuard:
     skipped_total      steps skipped since the run began (survives resume through state_dict)
     consecutive_skips  skipped steps since the last applied one
     last_reason        why the latest step was skipped (None when it was applied)
-    last_checkpoint    set by the trainer after each save, so the abort message can point at it
+    last_checkpoint    set by the trainer to the latest checkpoint whose weights are verified (finite, and a forward
+                       pass on them gave a finite loss), so the abort message points at one that loads and evaluates
 
     The spike windows hold only *accepted* steps: a skipped spike never raises the mean that the next value is judged
     against. The windows are kept as plain lists and the mean/std recomputed each step (cheap at these sizes) rather
@@ -73,6 +74,7 @@ class StepGuard:
         self.consecutive_overflows = 0
         self.last_reason: str | None = None
         self.last_checkpoint: str | None = None
+        self._skips_before_accept = 0
         self._loss_window: list[float] = []
         self._norm_window: list[float] = []
 
@@ -97,7 +99,7 @@ class StepGuard:
                     where = f" up to step {step}" if step is not None else ""
                     raise ScalegptError(
                         f"aborting: fp16 gradients overflowed {self.consecutive_overflows} steps in a row{where}, "
-                        f"more than the GradScaler recovers from; {self._checkpoint_note()}. "
+                        f"more than the GradScaler recovers from; {self.checkpoint_note()}. "
                         "Use bf16 or fp32, or lower the learning rate")
                 return True  # scaler.step() sees the infs, skips the update and lowers the scale
             if cfg.skip_nonfinite:
@@ -108,25 +110,40 @@ class StepGuard:
             if reason is not None:
                 self.skipped_spike += 1
         if reason is None:
+            self._skips_before_accept = self.consecutive_skips  # reject_update may yet find this update was bad
             self.consecutive_skips = 0
             self.consecutive_overflows = 0
             self.last_reason = None
             if loss_ok and norm_ok:
                 self._remember(loss, grad_norm)
             return True
+        where = f" at step {step}" if step is not None else ""
+        self._count_skip(f"{reason} (loss={_fmt(loss)}, grad_norm={_fmt(grad_norm)}{where})")
+        return False
+
+    def reject_update(self, step: int | None = None, restored_from: str | None = None) -> None:
+        """An update made the weights or the optimizer state non-finite (the trainer checks them when a loss is
+        non-finite and before every checkpoint): count a skipped step. The trainer has put the weights back."""
+        self.skipped_nonfinite += 1
+        # The update accepted last made them so: the skips before it still count, the run is not recovering.
+        self.consecutive_skips = max(self.consecutive_skips, self._skips_before_accept)
+        where = f" at step {step}" if step is not None else ""
+        how = f"; weights and optimizer state restored from {restored_from}" if restored_from else ""
+        self._count_skip(f"non-finite weights or optimizer state{where}{how}")
+
+    def _count_skip(self, reason: str) -> None:
+        cfg = self.config
         self.skipped_total += 1
         self.consecutive_skips += 1
-        where = f" at step {step}" if step is not None else ""
-        self.last_reason = f"{reason} (loss={_fmt(loss)}, grad_norm={_fmt(grad_norm)}{where})"
+        self.last_reason = reason
         if cfg.max_consecutive_skips and self.consecutive_skips >= cfg.max_consecutive_skips:
             raise ScalegptError(
                 f"aborting: {self.consecutive_skips} consecutive steps skipped (last: {self.last_reason}); "
-                f"{self._checkpoint_note()}. "
+                f"{self.checkpoint_note()}. "
                 "Lower the learning rate, use bf16/fp32 instead of fp16, or check the data, then resume with --resume"
             )
-        return False
 
-    def _checkpoint_note(self) -> str:
+    def checkpoint_note(self) -> str:
         if self.last_checkpoint:
             return f"the last good checkpoint is intact at {self.last_checkpoint}"
         return "no checkpoint had been written yet"

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from scalegpt._fs import read_json_object, write_dir_atomically
-from scalegpt.checkpoint import TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked
+from scalegpt.checkpoint import (TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked,
+                                 refuse_nonfinite)
 from scalegpt.errors import ScalegptError
 from scalegpt.model import GPT, GPTConfig, unwrap
 
@@ -75,13 +76,24 @@ def _download(name: str) -> Path:
 # ---------------------------------------------------------------------------------------------------- HF -> scalegpt
 
 
+# The HF model types this module converts. `architectures` is not consulted: tensors that happen to fit GPT-2's
+# names and shapes (a fine-tune saved under another model_type, or a config without one) must not load as GPT-2.
+SUPPORTED_MODEL_TYPES = ("gpt2",)
+
+
+def check_model_type(hf: dict, source) -> str:
+    """The config's model_type when it is one of SUPPORTED_MODEL_TYPES; otherwise one line naming the file."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        found = "has no model_type" if model_type is None else f"model_type {model_type!r} is not supported"
+        wanted = ", ".join(f'"{t}"' for t in SUPPORTED_MODEL_TYPES)
+        raise ScalegptError(f"{source}: {found}; only GPT-2 (model_type {wanted}) checkpoints can be loaded")
+    return model_type
+
+
 def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
     """GPTConfig from a HF GPT-2 config.json dict; anything GPT-2 allows that our model does not compute is an error."""
-    model_type = hf.get("model_type")
-    archs = hf.get("architectures") or []
-    if model_type != "gpt2" and not any(a.startswith("GPT2") for a in archs):
-        raise ScalegptError(f"{source}: model_type '{model_type}' (architectures {archs}) is not supported; "
-                            "only GPT-2 (model_type \"gpt2\") checkpoints can be loaded")
+    check_model_type(hf, source)
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         if not isinstance(hf.get(key), int):
             raise ScalegptError(f"{source}: '{key}' must be an integer, got {hf.get(key)!r}")
@@ -173,6 +185,7 @@ def _load_hf_dir(directory: Path, device) -> tuple[GPT, dict | None]:
         return load_model_dir(directory, device=device)  # ours but incomplete: let it say what is missing
     config = hf_config_to_gpt(hf_config, directory / "config.json")
     state = hf_state_to_gpt(read_hf_weights(directory), config)
+    refuse_nonfinite(state, directory, "weights")
     spec = _hf_tokenizer_spec(directory, config)
     with torch.device("meta"):
         model = GPT(config)

@@ -9,6 +9,7 @@ on one device; `DistributedStrategy` (torchrun, 2+ processes) implements the sam
     clip_grad_norm(model, max_norm)    global gradient norm (all ranks agree), clipped in place
     reduce_mean(tensor)                mean over ranks (for logged losses and the guard's input)
     any_rank(flag)                     True on every rank when true on one (stop together, skip together)
+    all_finite(model, optimizer)       weights and optimizer state free of NaN/inf on every rank (shards included)
     broadcast_object(obj)              rank 0's value on every rank
     save_checkpoint(...) / load_checkpoint(...)   one code path for every world size (scalegpt.checkpoint.sharded)
     barrier(), teardown()
@@ -26,6 +27,7 @@ from scalegpt import distributed
 from scalegpt.checkpoint.sharded import load_training, save_training
 from scalegpt.config import DistConfig
 from scalegpt.errors import ScalegptError
+from scalegpt.finite import all_finite, state_tensors
 
 
 class Strategy:
@@ -59,6 +61,10 @@ class Strategy:
 
     def broadcast_object(self, obj):
         return obj
+
+    def all_finite(self, model: nn.Module, optimizer) -> bool:
+        """One fused reduction over this rank's weights and optimizer state, one host sync, then any_rank."""
+        return not self.any_rank(not bool(all_finite(state_tensors(model, optimizer))))
 
     def barrier(self) -> None:
         pass

@@ -5,6 +5,9 @@ the guard's verdict, then the optimizer update with the step's learning rate. Ev
 multi-process training goes through a `Strategy` (process group, wrapping, no_sync, clipping, reductions, checkpoint
 I/O); the default is one process on one device, and `DistributedStrategy` the DDP/FSDP one (scalegpt.strategy).
 
+No NaN reaches a checkpoint: updates that make weights non-finite are undone, and a checkpoint is written once a
+forward pass on its weights gave a finite loss (docs/checkpoints.md, "Non-finite weights and verified checkpoints").
+
 Steps are counted as updates done: step 1 is the first update, `checkpoints/step_000500` holds the state after 500,
 and the evaluation logged at step s sees the weights after s updates (step 0: before any).
 """
@@ -113,6 +116,8 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
+        # A checkpoint (step, state, config) waiting for a finite loss on its weights; the checkpoint resumed from.
+        self.pending_checkpoint, self.pending_suspect, self.unverified_resume = None, False, None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.strategy.is_main and self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -236,10 +241,11 @@ class Trainer:
                                                                               precision=self.precision))
         return cfg_mod.to_toml(resolved)
 
-    def save_checkpoint(self) -> Path:
-        path = self.strategy.save_checkpoint(self.run_dir, self.step, self.raw_model, self.optimizer, self.state_dict(),
-                                             self.tokenizer_spec, self.checkpoint_config_toml(),
-                                             self.config.checkpoint.keep_last)
+    def save_checkpoint(self, captured: tuple[int, dict, str] | None = None) -> Path:
+        self._restored_nonfinite(captured[0] if captured else self.step)  # never a NaN on disk
+        step, state, config_toml = captured or (self.step, self.state_dict(), self.checkpoint_config_toml())
+        path = self.strategy.save_checkpoint(self.run_dir, step, self.raw_model, self.optimizer, state,
+                                             self.tokenizer_spec, config_toml, self.config.checkpoint.keep_last)
         self.last_checkpoint = path
         self.guard.last_checkpoint = str(path)
         self.say(f"saved checkpoint {path}")
@@ -258,7 +264,7 @@ class Trainer:
             self.val_loss = state.get("val_loss")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ScalegptError(f"{directory}: training state does not fit this run ({str(e).splitlines()[0]})") from None
-        self.guard.last_checkpoint = str(directory)  # an abort before the next save points here
+        self.unverified_resume = directory  # the guard names it once a forward pass on it gives a finite loss
         self.say(f"resumed from {directory} at step {self.step}")
 
     # ------------------------------------------------------------------------------------------------ the loop
@@ -280,14 +286,21 @@ class Trainer:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_clip = self.config.optim.grad_clip
         norm = self.strategy.clip_grad_norm(model, grad_clip if grad_clip > 0 else math.inf)
-        lr = self.lr(self.step)
-        set_lr(optimizer, lr)
         apply = True
         if self.guard.enabled:  # the one host sync per step, paid only with a guard on
-            loss_all = self.strategy.reduce_mean(loss_sum)
-            apply = self.guard.should_step(loss_all.item(), norm.item(), step=self.step + 1)
-            if not apply:
-                self._log_skip(self.step + 1)
+            loss_f, norm_f = self.strategy.reduce_mean(loss_sum).item(), norm.item()
+            finite = math.isfinite(loss_f) and (math.isfinite(norm_f) or scaler is not None)  # fp16: inf = overflow
+            # Weights are checked when a checkpoint waits on them or the loss is NaN (bad weights or a bad batch?),
+            # not after every update (~25% of a small CPU step; benchmarks/bench_train.py).
+            if (self.pending_checkpoint or not finite) and self._restored_nonfinite(self.step + 1):
+                apply = False
+            else:
+                self._verified(finite)
+                apply = self.guard.should_step(loss_f, norm_f, step=self.step + 1)
+                if not apply:
+                    self._log_skip(self.step + 1)
+        lr = self.lr(self.step)
+        set_lr(optimizer, lr)
         if apply:
             scaler.step(optimizer) if scaler is not None else optimizer.step()
         if scaler is not None:
@@ -296,6 +309,46 @@ class Trainer:
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return loss_sum, norm, lr
+
+    def _checkpoint_due(self, now: bool) -> None:
+        """Write a checkpoint now (no next step will judge its weights), or keep it for the next step's verdict."""
+        if not now:
+            self.pending_checkpoint = self.step, self.state_dict(), self.checkpoint_config_toml()
+            self.pending_suspect = False
+            return
+        with self._paused():
+            pending, self.pending_checkpoint = self.pending_checkpoint, None
+            if pending is not None:  # the same weights: only skipped steps since
+                self.save_checkpoint(pending)
+            self.save_checkpoint()
+
+    def _verified(self, finite_loss: bool) -> None:
+        """A forward pass on the weights (untouched since the last update) gave a finite loss: write the checkpoint
+        waiting for it. A non-finite loss keeps it waiting (a skipped step leaves the weights as they were)."""
+        self.pending_suspect |= not finite_loss
+        if finite_loss and self.unverified_resume is not None:
+            self.guard.last_checkpoint, self.unverified_resume = str(self.unverified_resume), None
+        if finite_loss and self.pending_checkpoint is not None:
+            pending, self.pending_checkpoint = self.pending_checkpoint, None
+            with self._paused() if self.progress is not None else contextlib.nullcontext():
+                self.save_checkpoint(pending)
+
+    def _restored_nonfinite(self, step: int) -> bool:
+        """False when weights and optimizer state are finite. Else both come back from the last verified checkpoint
+        (a pre-step copy would cost 3x the weights' memory and a copy per step), the guard counts a skip: True."""
+        if self.strategy.all_finite(self.raw_model, self.optimizer):
+            return False
+        self.pending_checkpoint = None  # it would record the broken weights
+        source = self.guard.last_checkpoint
+        if source is None or not self.config.guard.skip_nonfinite:
+            raise ScalegptError(f"aborting: the weights or optimizer state are non-finite (NaN or inf) at step {step}"
+                                f", so no checkpoint is written; {self.guard.checkpoint_note()}. Lower the learning "
+                                "rate or check the optim settings, then resume with --resume")
+        self.strategy.load_checkpoint(Path(source), self.raw_model, self.optimizer, self.model_config.to_dict(),
+                                      self.tokenizer_spec, self.config.data.dir)
+        self.guard.reject_update(step, restored_from=source)
+        self._log_skip(step)
+        return True
 
     def _log_skip(self, step: int) -> None:
         """A skipped update is rare and worth finding later: console, log.txt (`{step} skip {total}`), metrics.jsonl."""
@@ -332,11 +385,16 @@ class Trainer:
                         self.evaluate()
                 interval = c.checkpoint.interval
                 if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
-                    with self._paused():
-                        self.save_checkpoint()
+                    self._checkpoint_due(now=last or self.stop_signal is not None or not self.guard.enabled)
             progress.close()
             if self.stop_signal:
                 self.say(f"stopped by {self.stop_signal} at step {self.step}; continue with --resume")
+        except Exception:  # e.g. a corrupted batch: a checkpoint no forward pass has judged yet is not lost
+            pending, self.pending_checkpoint = self.pending_checkpoint, None
+            if pending is not None and not self.pending_suspect and self.strategy.world_size == 1 \
+                    and self.strategy.all_finite(self.raw_model, self.optimizer):
+                self.save_checkpoint(pending)
+            raise
         finally:
             self._restore_signal_handlers(handlers)
             if self.run_log is not None:

@@ -127,3 +127,59 @@ def test_loaded_model_has_real_tensors(tmp_path):
     loaded, _ = load_model_dir(tmp_path / "c")
     assert not any(p.is_meta for p in loaded.parameters())
     assert loaded.num_params() == model.num_params()
+
+
+# ------------------------------------------------------------------ non-finite weights: refused by every command
+
+
+@pytest.fixture
+def nan_checkpoint_and_data(tmp_path, shakespeare_text):
+    """A char dataset, and a checkpoint of a model for it with one NaN weight (as a run that blew up could leave)."""
+    from scalegpt.prepare import prepare
+
+    (tmp_path / "corpus.txt").write_text(shakespeare_text[:20_000], encoding="utf-8")
+    meta = prepare([str(tmp_path / "corpus.txt")], out=tmp_path / "data", tokenizer="char", progress=False)
+    model = GPT(preset_config("tiny", vocab_size=meta["vocab_size"]))
+    with torch.no_grad():
+        model.transformer.h[1].attn.c_proj.weight[3, 4] = float("nan")
+    save_model_dir(model, tmp_path / "run" / "checkpoints" / "step_000010", tokenizer_spec=meta["tokenizer"])
+    return tmp_path / "run" / "checkpoints" / "step_000010", tmp_path / "data"
+
+
+@pytest.mark.parametrize("command", ["sample", "eval loss", "eval hellaswag", "export"])
+def test_every_command_refuses_a_nonfinite_checkpoint_in_one_line(nan_checkpoint_and_data, tmp_path, run_cli,
+                                                                 data_dir, command):
+    ckpt, data = nan_checkpoint_and_data
+    extra = {"sample": ["--max-new-tokens", "3"], "eval loss": ["--data", data],
+             "eval hellaswag": ["--file", data_dir / "hellaswag_val_sample.jsonl"],
+             "export": ["--out", tmp_path / "hf"]}[command]
+    # The run directory resolves to its latest checkpoint, which is the broken one.
+    rc, out, err = run_cli(*command.split(), "--checkpoint", ckpt.parent.parent, *extra)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines == [f"scalegpt: error: {ckpt}: non-finite weights (NaN or inf in transformer.h.1.attn.c_proj.weight); "
+                     "this checkpoint cannot be used, take an earlier one"]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_resume_refuses_nonfinite_optimizer_state(tmp_path, shakespeare_text):
+    from scalegpt.checkpoint import load_state
+    from scalegpt.config import config_from_dict
+    from scalegpt.prepare import prepare
+    from scalegpt.train import Trainer
+
+    (tmp_path / "corpus.txt").write_text(shakespeare_text[:20_000], encoding="utf-8")
+    prepare([str(tmp_path / "corpus.txt")], out=tmp_path / "data", tokenizer="char", progress=False)
+    config = config_from_dict({
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}, "data": {"dir": str(tmp_path / "data")},
+        "train": {"max_steps": 2, "global_batch_tokens": 32, "micro_batch_size": 2, "device": "cpu",
+                  "precision": "fp32", "compile": "false"},
+        "eval": {"interval": 0, "at_start": False, "samples": 0}, "log": {"plot": False, "progress": "false"}})
+    Trainer(config, tmp_path / "run", echo=lambda s: None).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
+    state = load_state(ckpt)
+    state["optimizer"]["state"][0]["exp_avg_sq"][0] = float("inf")
+    torch.save(state, ckpt / "train_state.pt")
+    with pytest.raises(ScalegptError, match=f"{ckpt}: non-finite weights or optimizer state \\(NaN or inf\\); this "
+                                            "checkpoint cannot be resumed, take an earlier one"):
+        Trainer(config, tmp_path / "run", resume=True, echo=lambda s: None)

@@ -284,3 +284,107 @@ def test_tokenizer_mismatch_is_refused(prepared):
         ds.check_tokenizer(GPT2_SPEC)
     with pytest.raises(ScalegptError, match="no split 'test'"):
         open_dataset(prepared, "test")
+
+
+# ------------------------------------------------------------------ token ids beyond the vocabulary
+
+
+def _flip(shard: Path, offset: int, value: int) -> None:
+    """Overwrite one token in place (what flipped bytes on disk do), leaving header, length and meta.json as they were."""
+    tokens = np.load(shard, mmap_mode="r+")
+    tokens[offset] = value
+    tokens.flush()
+
+
+def _forget_max_token(data: Path) -> None:
+    """meta.json as prepare wrote it before it recorded each shard's largest id."""
+    meta = json.loads((data / "meta.json").read_text())
+    for split in meta["splits"].values():
+        for s in split["shards"]:
+            del s["max_token"]
+    (data / "meta.json").write_text(json.dumps(meta))
+
+
+def test_prepare_records_each_shards_largest_id(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    for split in meta["splits"].values():
+        for s in split["shards"]:
+            assert s["max_token"] == int(np.load(prepared / s["file"]).max()) < meta["vocab_size"]
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["meta-with-max_token", "meta-without-max_token"])
+def test_loader_and_eval_batches_refuse_an_out_of_range_id_naming_shard_and_offset(prepared, recorded):
+    if not recorded:
+        _forget_max_token(prepared)  # an older dataset still opens; the per-batch check covers it
+    _flip(prepared / "train_000001.npy", 1234, 60000)
+    ds = open_dataset(prepared)  # the recorded max is from prepare time: flipped bytes only show when read
+    loader = DataLoader(ds, seq_len=16, global_batch_size=4, micro_batch_size=4, shuffle=False, prefetch=False)
+    message = (f"{prepared / 'train_000001.npy'}: token id 60000 at token offset 1234 is beyond the tokenizer's "
+               f"{ds.vocab_size} ids; the shard is corrupted")
+    with pytest.raises(ScalegptError, match=message):
+        for _ in range(ds.num_tokens // 64 + 1):
+            loader.next_batch()
+    with pytest.raises(ScalegptError, match=message):
+        list(eval_batches(ds, batch_size=8, seq_len=16))
+
+
+def test_meta_whose_vocabulary_disagrees_with_its_tokenizer_is_refused(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    good_vocab = meta["vocab_size"]
+    for edit, fragment in [({"vocab_size": 5}, "key 'vocab_size' implies a vocabulary of 5 ids"),
+                           ({"tokenizer": {**meta["tokenizer"], "vocab_size": 5}},
+                            f"key 'vocab_size' implies a vocabulary of {good_vocab} ids but 'tokenizer.vocab_size' is 5"),
+                           ({"vocab_size": 5, "tokenizer": {**meta["tokenizer"], "vocab_size": 5}},
+                            f"key 'tokenizer.chars' implies a vocabulary of {good_vocab} ids but "
+                            "'tokenizer.vocab_size' is 5"),
+                           ({"tokenizer": {**meta["tokenizer"], "vocab_size": "many"}},
+                            "key 'tokenizer.vocab_size' should be an integer >= 1, got 'many'")]:
+        (prepared / "meta.json").write_text(json.dumps({**meta, **edit}))
+        with pytest.raises(ScalegptError, match=f"meta.json: {fragment}"):
+            open_dataset(prepared)
+    # A recorded largest id beyond the vocabulary (an edited chars list would give it) is refused at open.
+    shards = meta["splits"]["train"]["shards"]
+    shards[2] = {**shards[2], "max_token": good_vocab}
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ScalegptError, match=f"shard train_000002.npy holds token id {good_vocab}, beyond the "
+                                            f"tokenizer's {good_vocab} ids"):
+        open_dataset(prepared)
+
+
+def test_check_command_reports_the_out_of_range_id(prepared, capsys):
+    _forget_max_token(prepared)
+    assert main(["check", str(prepared)]) == 0
+    assert "every id within the vocabulary" in capsys.readouterr().out
+    _flip(prepared / "val_000000.npy", 7, 999)
+    assert main(["check", str(prepared)]) == 2
+    cap = capsys.readouterr()
+    assert [line.split()[-2:] for line in cap.out.splitlines() if line.startswith("val ")] == [["999", "BAD"]]
+    assert "val_000000.npy: sha256" in cap.err and "token id 999 at token offset 7 is beyond the tokenizer's" in cap.err
+
+
+def test_cli_train_and_eval_on_a_corrupted_shard_are_one_line(prepared, tmp_path, capsys):
+    """Issue 14: flipped bytes gave `IndexError: index out of range in self` mid-run in train and eval loss."""
+    _flip(prepared / "train_000000.npy", 100, 65535)
+    _flip(prepared / "val_000000.npy", 5, 65535)
+    run = tmp_path / "run"
+    args = ["train", "--data.dir", str(prepared), "--out", str(run), "--model.n_layer", "1", "--model.n_head", "2",
+            "--model.n_embd", "16", "--model.block_size", "16", "--train.global_batch_tokens", "64",
+            "--train.micro_batch_size", "4", "--train.max_steps", "200", "--train.device", "cpu",
+            "--train.compile", "false", "--eval.interval", "0", "--eval.at_start", "false", "--log.plot", "false",
+            "--data.shuffle", "false", "--checkpoint.interval", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("scalegpt: error:")]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == errors[0]
+    assert f"{prepared / 'train_000000.npy'}: token id 65535 at token offset 100 is beyond" in errors[0]
+    # The steps before the bad batch are kept (the checkpoint waiting for its next step is written on the way out);
+    # eval loss on the corrupted val shard is one line too.
+    assert (run / "checkpoints").is_dir()
+    assert main(["eval", "loss", "--checkpoint", str(run), "--data", str(prepared), "--split", "train",
+                 "--tokens", "64"]) == 0
+    assert main(["eval", "loss", "--checkpoint", str(run), "--data", str(prepared)]) == 2
+    err = capsys.readouterr().err
+    vocab = json.loads((prepared / "meta.json").read_text())["vocab_size"]
+    assert err.strip().splitlines()[-1] == (f"scalegpt: error: {prepared / 'val_000000.npy'}: token id 65535 at token "
+                                            f"offset 5 is beyond the tokenizer's {vocab} ids; the shard is corrupted "
+                                            f"(`scalegpt check {prepared}` hashes every shard)")

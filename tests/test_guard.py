@@ -4,6 +4,7 @@ import io
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,8 +276,11 @@ def test_trainer_aborts_after_consecutive_skips_and_the_checkpoint_survives(char
         trainer.fit()
     msg = str(e.value)
     assert msg.startswith("aborting: 3 consecutive steps skipped (last: non-finite loss (loss=nan")
-    assert "at step 6" in msg and "step_000004" in msg
-    model, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_000004")
+    # The checkpoint due at step 4 waits for a forward pass on its weights to give a finite loss; step 5's did not,
+    # so it was never written, and the abort names step 2, the last one whose weights were verified.
+    assert "at step 6" in msg and "step_000002" in msg
+    assert not (tmp_path / "run" / "checkpoints" / "step_000004").exists()
+    model, _ = load_model_dir(tmp_path / "run" / "checkpoints" / "step_000002")
     assert _finite(model)
 
 
@@ -323,7 +327,10 @@ def test_guard_counters_survive_resume(char_data, tmp_path):
     cfg = _tiny_run_config(char_data, 6)
     resumed = Trainer(cfg, tmp_path / "run", resume=True, echo=lambda s: None)
     assert resumed.step == 4 and resumed.guard.skipped_total == 1
-    assert resumed.guard.last_checkpoint is not None and resumed.guard.last_checkpoint.endswith("step_000004")
+    # The checkpoint resumed from is named by an abort only once a forward pass on its weights gave a finite loss.
+    assert resumed.guard.last_checkpoint is None and str(resumed.unverified_resume).endswith("step_000004")
+    resumed.fit()
+    assert resumed.guard.skipped_total == 1 and resumed.guard.last_checkpoint.endswith("step_000006")
 
 
 def test_fp16_nan_step_is_skipped_and_the_scaler_still_backs_off(char_data, tmp_path):
@@ -365,3 +372,128 @@ def test_endless_fp16_overflow_aborts_instead_of_silently_stalling():
     restored.load_state_dict(g.state_dict())  # the count survives a resume
     with pytest.raises(ScalegptError, match=r"fp16 gradients overflowed 30 steps in a row up to step 99.*bf16"):
         restored.should_step(3.0, INF, step=99)
+
+
+# ------------------------------------------------------------------ non-finite updates and verified checkpoints
+
+
+def _nan_after_update(trainer, steps):
+    """Make the optimizer update of the given 1-based steps leave a NaN in one weight (loss and grads stay finite)."""
+    step = trainer.optimizer.step
+
+    def poisoned(*args, **kwargs):
+        out = step(*args, **kwargs)
+        if trainer.step + 1 in steps:
+            with torch.no_grad():
+                trainer.raw_model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+        return out
+
+    trainer.optimizer.step = poisoned
+
+
+def test_an_update_that_makes_weights_nan_is_undone_from_the_last_verified_checkpoint(char_data, tmp_path):
+    from scalegpt.checkpoint import load_model_dir, load_state
+    from scalegpt.train import Trainer
+
+    trainer = Trainer(_tiny_run_config(char_data, 5), tmp_path / "run", echo=lambda s: None)
+    _nan_after_update(trainer, {5})
+    result = trainer.fit()
+    g = trainer.guard
+    assert result.step == 5 and g.skipped_total == 1 and g.skipped_nonfinite == 1
+    assert g.last_reason == ("non-finite weights or optimizer state at step 5; weights and optimizer state restored "
+                             f"from {tmp_path / 'run' / 'checkpoints' / 'step_000004'}")
+    ckpts = tmp_path / "run" / "checkpoints"
+    # Step 5's update was undone by restoring step 4's weights and optimizer state: the checkpoint at step 5 holds
+    # exactly those, and nothing non-finite.
+    four, five = load_model_dir(ckpts / "step_000004")[0], load_model_dir(ckpts / "step_000005")[0]
+    assert _finite(five) and all(torch.equal(a, b) for a, b in zip(four.state_dict().values(),
+                                                                    five.state_dict().values()))
+    opt4, opt5 = load_state(ckpts / "step_000004")["optimizer"]["state"], load_state(ckpts / "step_000005")
+    assert all(torch.equal(opt4[i]["exp_avg_sq"], opt5["optimizer"]["state"][i]["exp_avg_sq"]) for i in opt4)
+    assert opt5["loader"]["position"] > load_state(ckpts / "step_000004")["loader"]["position"]  # the data went on
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "5 skip 1" in log
+
+
+def test_repeated_nonfinite_updates_abort_naming_a_verified_checkpoint(char_data, tmp_path):
+    from scalegpt.checkpoint import load_model_dir
+    from scalegpt.train import Trainer
+
+    trainer = Trainer(_tiny_run_config(char_data, 20, max_consecutive_skips=3), tmp_path / "run",
+                      echo=lambda s: None)
+    _nan_after_update(trainer, set(range(5, 100)))
+    with pytest.raises(ScalegptError) as e:
+        trainer.fit()
+    msg = str(e.value)
+    assert msg.startswith("aborting: 3 consecutive steps skipped (last: non-finite weights or optimizer state at "
+                          "step 10; weights and optimizer state restored from ")
+    assert msg.endswith("resume with --resume") and "the last good checkpoint is intact at" in msg
+    named = Path(msg.split("the last good checkpoint is intact at ")[1].split(". ")[0])
+    # Steps 6, 8 and 10 found the weights NaN (each after an accepted update) and restored them; the checkpoints of
+    # steps 6 and 8 hold the restored weights, written once the next forward pass on them was finite.
+    assert named.name == "step_000008" and _finite(load_model_dir(named)[0])
+    four = load_model_dir(named.parent / "step_000004")[0]
+    eight = load_model_dir(named)[0]
+    assert all(torch.equal(a, b) for a, b in zip(four.state_dict().values(), eight.state_dict().values()))
+
+
+def test_a_nonfinite_first_update_aborts_when_there_is_nothing_to_restore(char_data, tmp_path):
+    from scalegpt.train import Trainer
+
+    trainer = Trainer(_tiny_run_config(char_data, 5), tmp_path / "run", echo=lambda s: None)
+    _nan_after_update(trainer, {1})
+    with pytest.raises(ScalegptError, match=r"the weights or optimizer state are non-finite \(NaN or inf\) at step 2, "
+                                            "so no checkpoint is written; no checkpoint had been written yet"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_without_the_guard_a_nonfinite_model_is_never_written(char_data, tmp_path):
+    from scalegpt.train import Trainer
+
+    cfg = _tiny_run_config(char_data, 5, skip_nonfinite=False)
+    trainer = Trainer(cfg, tmp_path / "run", echo=lambda s: None)
+    _nan_after_update(trainer, {3})
+    with pytest.raises(ScalegptError, match=r"the weights or optimizer state are non-finite \(NaN or inf\) at step 4, "
+                                            "so no checkpoint is written; the last good checkpoint is intact at "
+                                            ".*step_000002"):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_000002"]
+
+
+def _cli_train_args(data, run, *extra):
+    return ("train", "--data.dir", data, "--out", run, "--model.n_layer", "1", "--model.n_head", "2",
+            "--model.n_embd", "32", "--model.block_size", "32", "--train.global_batch_tokens", "256",
+            "--train.micro_batch_size", "8", "--train.max_steps", "30", "--train.device", "cpu",
+            "--train.precision", "fp32", "--train.compile", "false", "--eval.interval", "0", "--eval.at_start",
+            "false", "--log.plot", "false", *extra)
+
+
+def _the_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("scalegpt: error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def test_cli_huge_learning_rate_aborts_naming_a_checkpoint_that_evaluates(char_data, tmp_path, run_cli):
+    """Issue 14: with --optim.lr 1e6 an update leaves finite but huge weights whose next forward pass is NaN. The
+    checkpoint of those weights is never written, and the one the abort names loads, samples, exports and
+    evaluates to a finite loss."""
+    run = tmp_path / "run"
+    rc, out, err = run_cli(*_cli_train_args(char_data, run, "--optim.lr", "1e6", "--checkpoint.interval", "1"))
+    line = _the_error_line(err)
+    assert rc == 2 and "consecutive steps skipped" in line and "the last good checkpoint is intact at " in line
+    named = line.split("the last good checkpoint is intact at ")[1].split(". ")[0]
+    assert Path(named).parent == run / "checkpoints"
+    rc, out, err = run_cli("eval", "loss", "--checkpoint", named, "--data", char_data, "--tokens", "2048")
+    assert rc == 0, err
+    assert math.isfinite(json.loads(out)["loss"])
+    rc, out, err = run_cli("sample", "--checkpoint", named, "--max-new-tokens", "5", "--seed", "1")
+    assert rc == 0 and "Traceback" not in err, err
+    rc, out, err = run_cli("export", "--checkpoint", named, "--out", tmp_path / "hf")
+    assert rc == 0, err
+    # --resume continues from the newest checkpoint on disk, which is that verified one.
+    rc, out, err = run_cli(*_cli_train_args(char_data, run, "--resume", "--optim.lr", "1e-3"))
+    assert rc == 0, err
+    assert f"resumed from {named}" in out + err

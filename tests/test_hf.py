@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import pickle
 
 import pytest
@@ -199,6 +200,41 @@ def test_other_architectures_and_unsupported_options_are_refused(hf_dir, tmp_pat
     (bad_shapes / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes())
     with pytest.raises(ScalegptError, match="has shape"):
         load_pretrained(str(bad_shapes))
+
+
+@pytest.mark.parametrize("model_type, fragment", [
+    (None, "has no model_type"), ("gpt_neo", "model_type 'gpt_neo' is not supported"),
+    ("llama", "model_type 'llama' is not supported"), (["gpt2"], "model_type ['gpt2'] is not supported")])
+def test_a_config_of_another_model_type_is_refused_even_when_its_tensors_fit(hf_dir, tmp_path, run_cli,
+                                                                               model_type, fragment):
+    """GPT-2's tensors under another (or no) model_type, with GPT2 architectures: loading them as GPT-2 would run
+    a model its config does not describe. `scalegpt sample --hf` says so in one line naming config.json."""
+    d = tmp_path / "other"
+    shutil.copytree(hf_dir, d)
+    config = json.loads((d / "config.json").read_text())
+    config.pop("model_type")
+    if model_type is not None:
+        config["model_type"] = model_type
+    (d / "config.json").write_text(json.dumps(config))
+    assert config["architectures"] == ["GPT2LMHeadModel"]
+    rc, out, err = run_cli("sample", "--hf", str(d), "--max-new-tokens", "2")
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scalegpt: error: ") and "Traceback" not in err, err
+    assert f"{d / 'config.json'}: {fragment}; only GPT-2 (model_type \"gpt2\")" in lines[0]
+    assert load_pretrained(str(hf_dir)) is not None  # the unedited directory still loads
+
+
+def test_hf_weights_holding_nan_are_refused(hf_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "nan"
+    shutil.copytree(hf_dir, d)
+    state = load_file(str(d / "model.safetensors"))
+    state["transformer.h.1.mlp.c_fc.bias"][0] = float("inf")
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ScalegptError, match=r"non-finite weights \(NaN or inf in transformer.h.1.mlp.c_fc.bias\)"):
+        load_pretrained(str(d))
 
 
 def test_names_and_paths_that_do_not_exist(tiny_model, tmp_path):

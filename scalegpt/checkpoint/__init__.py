@@ -6,7 +6,7 @@
 """
 from scalegpt.checkpoint.model_dir import (  # noqa: F401
     FORMAT, TIED_KEY, check_compatible, clean_state_dict, is_model_dir, load_model_dir, load_state_checked,
-    load_weights, read_config, resolve_checkpoint, save_model_dir, step_number, write_model_files,
+    load_weights, read_config, refuse_nonfinite, resolve_checkpoint, save_model_dir, step_number, write_model_files,
 )
 from scalegpt.checkpoint.train_state import (  # noqa: F401
     checkpoint_dir, latest_checkpoint, list_checkpoints, load_state, recorded_precision, rng_state, set_rng_state,

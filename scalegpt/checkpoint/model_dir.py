@@ -13,6 +13,7 @@ import torch
 
 from scalegpt._fs import read_json_object, write_dir_atomically
 from scalegpt.errors import ScalegptError
+from scalegpt.finite import all_finite, first_nonfinite
 from scalegpt.model import GPT, GPTConfig, unwrap
 from scalegpt.tokenizer import check_same_tokenizer
 
@@ -123,8 +124,20 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
         state = clean_state_dict(load_file(str(path), device="cpu"))
     except (SafetensorError, OSError) as e:
         raise ScalegptError(f"{path}: cannot read weights ({e})") from None
+    refuse_nonfinite(state, Path(directory), "weights")
     state[TIED_KEY] = state.get("transformer.wte.weight")
     load_state_checked(model, state, path)
+
+
+def refuse_nonfinite(state: dict, directory: Path, what: str) -> None:
+    """One line naming the checkpoint when a tensor of `state` holds NaN or inf: such a model samples garbage,
+    evaluates to NaN and would poison a resumed run, so no command loads it."""
+    if bool(all_finite([t for t in state.values() if t.is_floating_point() and t.numel()])):
+        return
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise ScalegptError(f"{directory}: non-finite {what} (NaN or inf in {bad}); this checkpoint cannot be used, "
+                            "take an earlier one")
 
 
 def load_state_checked(model, state: dict, source) -> None:

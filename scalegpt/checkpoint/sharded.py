@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from scalegpt.checkpoint import train_state
 from scalegpt.checkpoint.model_dir import check_compatible, clean_state_dict, load_weights
-from scalegpt.distributed import barrier, is_fsdp
+from scalegpt.distributed import any_rank, barrier, is_fsdp
 from scalegpt.errors import ScalegptError
+from scalegpt.finite import all_finite, state_tensors
 from scalegpt.model import unwrap
 
 DCP_DIR = "dcp"  # the sharded state inside an FSDP run's step directory
@@ -92,6 +93,10 @@ def load_training(directory, model: nn.Module, optimizer, model_config: dict, to
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ScalegptError(f"{directory}: training state does not fit this run "
                                 f"({str(e).splitlines()[0]})") from None
+    # Whatever path loaded them (DCP shards included): NaN/inf weights or moments would poison every later step.
+    if any_rank(not bool(all_finite(state_tensors(model, optimizer)))):
+        raise ScalegptError(f"{directory}: non-finite weights or optimizer state (NaN or inf); this checkpoint "
+                            "cannot be resumed, take an earlier one")
     return state
 
 

@@ -95,6 +95,7 @@ def run_loss(args) -> int:
     if spec is None:
         raise ScalegptError(f"{where}: the checkpoint has no tokenizer spec; cannot check it matches {args.data}")
     check_same_tokenizer(spec, ds.tokenizer_spec, f"checkpoint {where}", f"dataset {args.data}")
+    ds.check_vocab(model.config.vocab_size, f"checkpoint {where}")
     seq_len = args.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise ScalegptError(f"--seq-len {seq_len} exceeds the model's block_size {model.config.block_size}")
