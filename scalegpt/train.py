@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -28,8 +27,8 @@ import torch
 
 from scalegpt import config as cfg_mod
 from scalegpt._fs import write_text_atomically
-from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
-from scalegpt.checkpoint.train_state import refuse_damaged_newer
+from scalegpt.checkpoint import recorded_precision, rng_state, set_rng_state
+from scalegpt.checkpoint.train_state import prepare_run_dir
 from scalegpt.config import Config, DataSection
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
@@ -38,9 +37,6 @@ from scalegpt.optim import build_optimizer, lr_at, set_lr
 from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
 from scalegpt.strategy import Strategy, make_strategy
 
-RUN_MARKERS = ("config.toml", "log.txt", "metrics.jsonl", "checkpoints")  # what makes a directory a run directory
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -48,30 +44,6 @@ class TrainResult:
     checkpoint: Path | None  # the latest checkpoint written (None when none was)
     val_loss: float | None  # the latest validation loss
     stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Check what may happen to `run_dir`; returns the checkpoint to resume from (None: start fresh).
-
-    An existing run directory is never touched unless --resume (continue it) or --overwrite (delete it) says so."""
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ScalegptError("--resume and --overwrite contradict each other; pass one")
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return None
-    if not run_dir.is_dir():
-        raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
-    if resume:
-        latest = latest_checkpoint(run_dir)
-        refuse_damaged_newer(run_dir, latest)
-        return latest
-    if overwrite:
-        if not any((run_dir / m).exists() for m in RUN_MARKERS):
-            raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")
-        shutil.rmtree(run_dir)
-        return None
-    raise ScalegptError(f"--out {run_dir}: run directory exists; pass --resume to continue it or --overwrite to "
-                        "delete it and start again")
 
 
 class Trainer:

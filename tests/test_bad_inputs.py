@@ -6,8 +6,8 @@ that stderr holds no traceback, and that the shared dataset, run and model every
 
 Commands run in-process through `scalegpt.cli.main`. Placeholders in argv and in `survives`:
     {data}   a tiny prepared char dataset            {run}  a tiny trained run (checkpoints step_2 and step_4)
-    {gpt2}   a tiny model with the gpt2 tokenizer    {tmp}  this row's own empty directory
-    {input}  a small text file
+    {gpt2}   a tiny model with the gpt2 tokenizer    {hf}   the same model exported as a HuggingFace directory
+    {input}  a small text file                       {tmp}  this row's own empty directory
 Disks that fill up or turn read-only are simulated by injection (`full_disk`, `read_only`, `denied`): the call that
 would write (or read) raises the OSError the kernel would.
 """
@@ -48,7 +48,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
                  "--train.max_steps", "4", "--checkpoint.interval", "2"]) == 0
     spec = {"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256}
     save_model_dir(GPT(preset_config("tiny", vocab_size=50257)), root / "gpt2", tokenizer_spec=spec)
-    return {"data": root / "data", "run": root / "run", "gpt2": root / "gpt2", "input": text}
+    assert main(["export", "--checkpoint", str(root / "gpt2"), "--out", str(root / "hf")]) == 0
+    return {"data": root / "data", "run": root / "run", "gpt2": root / "gpt2", "hf": root / "hf", "input": text}
 
 
 TINY_TRAIN = ["--model.preset", "tiny", "--model.block_size", "32", "--train.global_batch_tokens", "128",
@@ -134,6 +135,30 @@ def truncate(relpath: str, keep: int) -> Callable[[Path], None]:
     def edit(root: Path) -> None:
         for path in root.glob(relpath):
             path.write_bytes(path.read_bytes()[:keep])
+    return edit
+
+
+def nan_weights(relpath: str) -> Callable[[Path], None]:
+    """One NaN in every safetensors file matching `relpath` (a checkpoint written before issue 14's guard)."""
+    def edit(root: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        for path in root.glob(relpath):
+            state = load_file(path)
+            state[sorted(state)[-1]].view(-1)[0] = float("nan")
+            save_file(state, path)
+    return edit
+
+
+def token_beyond_vocab(shard: str, value: int = 60_000) -> Callable[[Path], None]:
+    """Flipped bytes on disk: token ids beyond the vocabulary (every 20th, so any batch meets one); header, length
+    and meta.json unchanged."""
+    def edit(root: Path) -> None:
+        import numpy as np
+
+        tokens = np.load(root / shard, mmap_mode="r+")
+        tokens[::20] = value
+        tokens.flush()
     return edit
 
 
@@ -302,6 +327,16 @@ CASES = [
     Case("train resume: newest checkpoint damaged", RESUME, "step_000004: damaged checkpoint (model.safetensors "
          "missing), newer than step_000002", copy("run", remove("checkpoints/step_000004/model.safetensors")),
          survives=("{tmp}/run",)),
+    Case("train resume: NaN weights", RESUME, "non-finite weights", copy("run", nan_weights("checkpoints/*/*.safetensors")),
+         survives=("{tmp}/run",)),
+    Case("train lr 1e6 aborts", [*TRAIN, "--optim.lr", "1e6", "--schedule.warmup_steps", "0", "--train.max_steps",
+                                 "30"], "aborting: 5 consecutive steps skipped"),
+    Case("train token id beyond the vocabulary", [*TRAIN, "--data.dir", "{tmp}/data"],
+         "train_000000.npy: token id 60000 at token offset", copy("data", token_beyond_vocab("train_000000.npy")),
+         survives=("{tmp}/data",)),
+    Case("train vocab edited in meta.json", [*TRAIN, "--data.dir", "{tmp}/data"],
+         "key 'vocab_size' implies a vocabulary of 5 ids", copy("data", edit_json("meta.json",
+                                                                                  lambda m: m.update(vocab_size=5)))),
     Case("train disk full at a checkpoint's last bytes", RESUME, "disk full",
          both(copy("run"), full_disk("*train_config.toml*")), survives=("{tmp}/run/checkpoints",)),
     Case("train disk full writing log.txt", RESUME, "log.txt: disk full", both(copy("run"), full_disk("log.txt")),
@@ -349,6 +384,10 @@ CASES = [
          copy("data", lambda d: _flip(d / "train_000000.npy"))),
     Case("check shard missing", ["check", "{tmp}/data"], "val_000000.npy: shard listed in meta.json is missing",
          copy("data", remove("val_000000.npy"))),
+    Case("check token id beyond the vocabulary", ["check", "{tmp}/data"], "60000",
+         copy("data", token_beyond_vocab("val_000000.npy"))),
+    Case("check vocab edited in meta.json", ["check", "{tmp}/data"], "implies a vocabulary of 5 ids",
+         copy("data", edit_json("meta.json", lambda m: m.update(vocab_size=5)))),
     Case("check meta.json not JSON", ["check", "{tmp}/data"], "meta.json: not valid JSON",
          copy("data", overwrite("meta.json", "{"))),
     Case("check meta.json binary", ["check", "{tmp}/data"], "meta.json: not valid JSON",
@@ -375,6 +414,15 @@ CASES = [
     Case("sample unknown key in config.json", [*SAMPLE, "--checkpoint", "{tmp}/run"],
          "config.json: unknown model config key(s) ['extra']",
          copy("run", edit_json("checkpoints/*/config.json", lambda c: c["model"].update(extra=1)))),
+    Case("sample NaN weights", [*SAMPLE, "--checkpoint", "{tmp}/run"], "step_000004: non-finite weights",
+         copy("run", nan_weights("checkpoints/*/*.safetensors")), survives=("{tmp}/run",)),
+    Case("sample hf of another model_type", [*SAMPLE, "--hf", "{tmp}/hf"], "model_type 'llama' is not supported",
+         copy("hf", edit_json("config.json", lambda c: c.update(model_type="llama")))),
+    Case("sample hf without model_type", [*SAMPLE, "--hf", "{tmp}/hf"], "has no model_type",
+         copy("hf", edit_json("config.json", lambda c: c.pop("model_type")))),
+    Case("sample hf string for int", [*SAMPLE, "--hf", "{tmp}/hf"], "'n_layer' must be an integer, got '2'",
+         copy("hf", edit_json("config.json", lambda c: c.update(n_layer="2")))),
+    Case("sample hf NaN weights", [*SAMPLE, "--hf", "{tmp}/hf"], "non-finite", copy("hf", nan_weights("*.safetensors"))),
     Case("sample weights truncated", [*SAMPLE, "--checkpoint", "{tmp}/run"], "model.safetensors",
          copy("run", truncate("checkpoints/*/model.safetensors", 100))),
     Case("sample weights are a directory", [*SAMPLE, "--checkpoint", "{tmp}/run"], "model.safetensors",
@@ -404,12 +452,23 @@ CASES = [
     Case("eval loss checkpoint missing", [*EVAL_LOSS, "--checkpoint", "{tmp}/nope"], "no such checkpoint"),
     Case("eval loss string in config.json", [*EVAL_LOSS, "--checkpoint", "{tmp}/run"],
          "config.json: model.n_layer must be int", copy("run", STR_IN_CONFIG)),
+    Case("eval loss NaN weights", [*EVAL_LOSS, "--checkpoint", "{tmp}/run"], "non-finite weights",
+         copy("run", nan_weights("checkpoints/*/*.safetensors"))),
+    Case("eval loss token id beyond the vocabulary", ["eval", "loss", "--checkpoint", "{run}", "--data", "{tmp}/data"],
+         "val_000000.npy: token id 60000 at token offset", copy("data", token_beyond_vocab("val_000000.npy"))),
+    Case("eval loss vocab edited in meta.json", ["eval", "loss", "--checkpoint", "{run}", "--data", "{tmp}/data"],
+         "implies a vocabulary of 5 ids", copy("data", edit_json("meta.json", lambda m: m.update(vocab_size=5)))),
     Case("eval loss other tokenizer", [*EVAL_LOSS, "--checkpoint", "{gpt2}"], "tokenizer"),
     Case("eval loss shard unreadable", ["eval", "loss", "--checkpoint", "{run}", "--data", "{tmp}/data"],
          "val_000000.npy: permission denied", both(copy("data"), denied("data/val_000000.npy"))),
     # ---------------------------------------------------------------- eval hellaswag
     Case("hellaswag checkpoint missing", ["eval", "hellaswag", "--checkpoint", "{tmp}/nope", "--file",
                                           str(HELLASWAG_SAMPLE)], "no such checkpoint"),
+    Case("hellaswag NaN weights", ["eval", "hellaswag", "--checkpoint", "{tmp}/run", "--file", str(HELLASWAG_SAMPLE)],
+         "non-finite weights", copy("run", nan_weights("checkpoints/*/*.safetensors"))),
+    Case("hellaswag hf of another model_type", ["eval", "hellaswag", "--hf", "{tmp}/hf", "--file",
+                                                str(HELLASWAG_SAMPLE)], "model_type 'gpt_neo' is not supported",
+         copy("hf", edit_json("config.json", lambda c: c.update(model_type="gpt_neo")))),
     Case("hellaswag file missing", [*HELLASWAG, "--file", "{tmp}/nope.jsonl"], "nope.jsonl"),
     Case("hellaswag file binary", [*HELLASWAG, "--file", "{tmp}/h.jsonl"], "h.jsonl", write("h.jsonl", BINARY)),
     Case("hellaswag file not JSON lines", [*HELLASWAG, "--file", "{tmp}/h.jsonl"], "h.jsonl",
@@ -421,6 +480,8 @@ CASES = [
     # ---------------------------------------------------------------- export
     Case("export checkpoint missing", ["export", "--checkpoint", "{tmp}/nope", "--out", "{tmp}/hf"],
          "no such checkpoint"),
+    Case("export NaN weights", ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/hf"], "non-finite weights",
+         copy("run", nan_weights("checkpoints/*/*.safetensors")), survives=("{tmp}/run",)),
     Case("export --out not empty", ["export", "--checkpoint", "{run}", "--out", "{tmp}/o"], "not empty",
          write("o/keep.txt", "mine"), survives=("{tmp}/o",)),
     Case("export --out is a file", ["export", "--checkpoint", "{run}", "--out", "{tmp}/f"], "f", write("f", "mine"),
@@ -498,7 +559,7 @@ def test_bad_input(case, world, tmp_path, monkeypatch, capsys):
     if case.setup is not None:
         case.setup(env)
     argv = [a.format(**env.paths) for a in case.argv]
-    guarded = [world["data"], world["run"], world["gpt2"]] + [Path(p.format(**env.paths)) for p in case.survives]
+    guarded = [world["data"], world["run"], world["gpt2"], world["hf"]] + [Path(p.format(**env.paths)) for p in case.survives]
     before = {p: _hashes(p) for p in guarded}
     try:
         code = main(argv)
