@@ -126,7 +126,7 @@ def os_error_message(e: OSError) -> str:
     """One line for an OSError: 'PATH: cause', the cause in words for the errors a user meets."""
     cause = _CAUSES.get(e.errno) or e.strerror or str(e) or type(e).__name__
     paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
-    return f"{' -> '.join(paths)}: {cause}" if paths else f"{cause} ({type(e).__name__})"
+    return f"{' -> '.join(paths)}: {cause}" if paths else cause
 
 
 _CAUSES = {
