@@ -305,6 +305,7 @@ CASES = [
          both(write("c.toml", "[train]\n"), denied("c.toml"))),
     # ---------------------------------------------------------------- train: data and run directories
     Case("train data dir missing", [*TRAIN, "--data.dir", "{tmp}/nodata"], "nodata"),
+    Case("train data dir is a file", [*TRAIN, "--data.dir", "{input}"], "input.txt: is a file, expected a dataset"),
     Case("train data dir not a dataset", [*TRAIN, "--data.dir", "{tmp}"], "meta.json"),
     Case("train no data dir", ["train", *TINY_TRAIN, "--out", "{tmp}/run"], "data.dir"),
     Case("train unknown train split", [*TRAIN, "--data.train_split", "nope"], "no split 'nope' (has train, val)"),
@@ -370,6 +371,8 @@ CASES = [
                                             "--tokenizer", "{tmp}/nope.model"], "nope.model"),
     Case("prepare tokenizer file binary", ["prepare", "--quiet", "--input", "{input}", "--out", "{tmp}/d",
                                            "--tokenizer", "{tmp}/t.model"], "t.model", write("t.model", BINARY)),
+    Case("prepare tokenizer is a directory", ["prepare", "--quiet", "--input", "{input}", "--out", "{tmp}/d",
+                                              "--tokenizer", "{tmp}"], "tokenizer"),
     Case("prepare disk full writing a shard", [*PREPARE, "--input", "{input}", "--out", "{tmp}/data", "--overwrite",
                                                "--shard-tokens", "5000"], "disk full",
          both(copy("data"), full_disk("*train_000002*")), survives=("{tmp}/data",)),
@@ -396,6 +399,7 @@ CASES = [
          copy("data", overwrite("meta.json", BINARY))),
     # ---------------------------------------------------------------- sample
     Case("sample checkpoint missing", [*SAMPLE, "--checkpoint", "{tmp}/nope"], "no such checkpoint"),
+    Case("sample checkpoint is a file", [*SAMPLE, "--checkpoint", "{input}"], "input.txt: neither a checkpoint"),
     Case("sample run without checkpoints", [*SAMPLE, "--checkpoint", "{tmp}/run"], "run",
          copy("run", remove("checkpoints/step_*"))),
     Case("sample string in config.json", [*SAMPLE, "--checkpoint", "{tmp}/run"],
