@@ -497,3 +497,19 @@ def test_cli_huge_learning_rate_aborts_naming_a_checkpoint_that_evaluates(char_d
     rc, out, err = run_cli(*_cli_train_args(char_data, run, "--resume", "--optim.lr", "1e-3"))
     assert rc == 0, err
     assert f"resumed from {named}" in out + err
+
+
+def test_nan_weights_found_by_the_next_nan_loss_are_restored_and_the_run_recovers(char_data, tmp_path):
+    from scalegpt.checkpoint import load_model_dir
+    from scalegpt.train import Trainer
+
+    trainer = Trainer(_tiny_run_config(char_data, 8), tmp_path / "run", echo=lambda s: None)
+    _nan_after_update(trainer, {5})  # step 6's forward pass is then NaN: the weights are checked and restored
+    result = trainer.fit()
+    g = trainer.guard
+    assert result.step == 8 and g.skipped_total == g.skipped_nonfinite == 1 and g.consecutive_skips == 0
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "6 skip 1" in log
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_000002", "step_000004", "step_000006", "step_000008"]
+    assert all(_finite(load_model_dir(p)[0]) for p in ckpts.iterdir())
