@@ -42,7 +42,7 @@ def write_text_atomically(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_dir_atomically(final: Path, write_into) -> None:
+def write_dir_atomically(final: Path, write_into, label: str = "checkpoint") -> None:
     """Call write_into(tmp_dir), then rename tmp_dir to `final`: a crash midway never leaves `final` half-written.
 
     An existing `final` is replaced only after the new directory is complete on disk."""
@@ -55,7 +55,7 @@ def write_dir_atomically(final: Path, write_into) -> None:
         tmp.mkdir()
     except OSError as e:
         if e.errno in _WRITE_ERRNOS:
-            raise ScalegptError(_write_error(final, e)) from None
+            raise ScalegptError(_write_error(final, e, label)) from None
         raise
     try:
         write_into(tmp)
@@ -78,7 +78,7 @@ def write_dir_atomically(final: Path, write_into) -> None:
         fsync_dir(final.parent)
     except BaseException as e:
         # Diagnose before rmtree frees the space; a ScalegptError from write_into is already the clear message.
-        why = _write_error(final, e) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
+        why = _write_error(final, e, label) if isinstance(e, Exception) and not isinstance(e, ScalegptError) else None
         shutil.rmtree(tmp, ignore_errors=True)
         if why is not None:
             raise ScalegptError(why) from None
@@ -109,7 +109,7 @@ def _write_error(final: Path, e: Exception, label: str = "checkpoint") -> str | 
         else:
             code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in text), None)
     what = _WRITE_ERRNOS.get(code)
-    if what is None and not isinstance(e, OSError):
+    if what is None and code is None:  # torch.save's "unexpected pos", numpy's "N requested and M written"
         try:
             st = os.statvfs(final.parent)
             if st.f_bavail * st.f_frsize < _LOW_SPACE_BYTES:
@@ -120,6 +120,26 @@ def _write_error(final: Path, e: Exception, label: str = "checkpoint") -> str | 
         return None
     detail = " ".join(str(e).split())
     return f"cannot write {label} {final}: {what} ({detail}); any previous {label} is untouched"
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: 'PATH: cause', the cause in words for the errors a user meets."""
+    cause = _CAUSES.get(e.errno) or e.strerror or str(e) or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else cause
+
+
+_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOTDIR: "not a directory",
+    errno.EEXIST: "already exists",
+}
 
 
 def fsync_dir(path: Path) -> None:

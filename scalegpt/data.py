@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scalegpt._fs import os_error_message
 from scalegpt.errors import ScalegptError
 from scalegpt.tokenizer import check_same_tokenizer, tokenizer_from_spec
 
@@ -41,6 +42,8 @@ RELEASE_EVERY = 8  # window reads between drops of the mapped pages
 
 def _load_meta(data_dir: Path) -> dict:
     meta_path = data_dir / "meta.json"
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ScalegptError(f"{data_dir}: is a file, expected a dataset directory written by `scalegpt prepare`")
     if not data_dir.is_dir():
         raise ScalegptError(f"{data_dir}: no such dataset directory (create one with `scalegpt prepare`)")
     if not meta_path.is_file():
@@ -115,7 +118,11 @@ def _check_shard(path: Path, dtype: str, num_tokens: int) -> None:
         raise ScalegptError(f"{path}: shard listed in meta.json is missing")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except OSError as e:
+        if e.errno is not None:  # unreadable (permissions, I/O error): say so, not "not a token array"
+            raise ScalegptError(os_error_message(e)) from None
+        raise ScalegptError(f"{path}: not a token array (.npy) ({e})") from None
+    except (ValueError, EOFError) as e:
         reason = "truncated" if "larger than" in str(e) or "greater than" in str(e) else "not a token array (.npy)"
         raise ScalegptError(f"{path}: {reason} ({str(e).splitlines()[0]})") from None
     if not isinstance(arr, np.ndarray) or arr.ndim != 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import math
 from typing import Iterator, Sequence
 
 import torch
@@ -29,7 +30,7 @@ from scalegpt.tokenizer import EOT_TEXT
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
-    if temperature is None or temperature < 0:
+    if temperature is None or not 0 <= temperature < math.inf:
         raise ScalegptError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise ScalegptError(f"top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")

@@ -345,7 +345,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
             if tokenizer_spec.get("kind") == "gpt2":
                 _write_gpt2_tokenizer_files(tmp, config.block_size)
 
-    write_dir_atomically(out, write)
+    write_dir_atomically(out, write, label="export")
     return out
 
 

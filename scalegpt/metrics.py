@@ -10,6 +10,7 @@ between the kill and the restart is not counted).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from scalegpt._fs import write_text_atomically
+from scalegpt.errors import ScalegptError
 
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
@@ -51,29 +53,46 @@ class RunLog:
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
 
     def line(self, step: int, kind: str, value: float) -> None:
-        self._log.write(f"{step} {kind} {value:.6f}\n")
+        with _naming(self._log):
+            self._log.write(f"{step} {kind} {value:.6f}\n")
 
     def record(self, step: int, kind: str, **figures) -> None:
         row = {"step": step, "kind": kind, **{k: _json_safe(v) for k, v in figures.items()},
                "elapsed_s": round(time.monotonic() - self._clock_start, 3)}
-        self._metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        with _naming(self._metrics):
+            self._metrics.write(json.dumps(row, allow_nan=False) + "\n")
         if self._tb is not None:
             for name, value in figures.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(f"{kind}/{name}", value, step)
 
     def flush(self) -> None:
-        self._log.flush()
-        self._metrics.flush()
+        for f in (self._log, self._metrics):
+            with _naming(f):
+                f.flush()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._log.close()
-        self._metrics.close()
+        try:
+            self.flush()
+        finally:
+            for f in (self._log, self._metrics):
+                with contextlib.suppress(OSError):  # the buffer that could not be flushed: already reported
+                    f.close()
         if self._tb is not None:
             self._tb.close()
+
+
+@contextlib.contextmanager
+def _naming(f):
+    """A write error (a full disk: the kernel says ENOSPC, but not which file) names the file it hit."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, f.name) from None
+        raise
 
 
 def truncate_after(path: Path, step: int, step_of) -> None:
@@ -81,7 +100,7 @@ def truncate_after(path: Path, step: int, step_of) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # garbage lines are dropped
         try:
             if step_of(line) <= step:
                 kept.append(line + "\n")
@@ -107,7 +126,11 @@ def last_elapsed(path: Path) -> float:
 def read_log(path) -> dict[str, list[tuple[int, float]]]:
     """{kind: [(step, value), ...]} from a log.txt."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ScalegptError(f"{path}: not a scalegpt log (not UTF-8 text at byte {e.start})") from None
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) != 3:
             continue

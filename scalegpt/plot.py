@@ -32,7 +32,7 @@ def val_bpb(run_dir: Path) -> list[tuple[int, float]]:
     path, out = Path(run_dir) / METRICS_FILE, []
     if not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -59,6 +59,15 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
     matplotlib.use("Agg")  # no display needed, and never steal focus from a terminal
     import matplotlib.pyplot as plt
 
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ScalegptError(f"{out_path}: is a directory; give an image path such as {out_path / 'loss.png'}")
+    image_format = out_path.suffix.lstrip(".").lower() or "png"
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if image_format not in supported:
+        raise ScalegptError(f"{out_path}: unknown image format '.{image_format}'; use one of "
+                            f"{', '.join('.' + f for f in sorted(supported))}")
     runs = []
     for run in map(Path, run_dirs):
         log = run / LOG_FILE
@@ -106,11 +115,10 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
     if not by_tokens.lines:
         by_tokens.set_title("tokens per step unknown (no config.toml)")
     fig.tight_layout()
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_file(out_path) as tmp:  # a viewer never sees a half-written image
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=110, format=image_format)
     finally:
         plt.close(fig)
     return out_path

@@ -332,7 +332,7 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
         train.flush()
         val.flush()
         ok = True
-    except ScalegptError:
+    except (ScalegptError, OSError):  # bad input, unreadable file, full disk: leave --out as it was
         shutil.rmtree(partial, ignore_errors=True)
         if created_out:
             shutil.rmtree(out, ignore_errors=True)
@@ -350,13 +350,29 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
         "inputs": source.describe(), "text_field": text_field, "encoding": encoding, "errors": errors,
         "command": command if command is not None else sys.argv,
     }
-    _finalize(out, partial, meta, tok)
+    try:
+        _stage_metadata(partial, meta, tok)
+    except (ScalegptError, OSError):
+        shutil.rmtree(partial, ignore_errors=True)
+        if created_out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    _swap_in(out, partial, meta, tok)
     return meta
 
 
-def _finalize(out: Path, partial: Path, meta: dict, tok: Tokenizer) -> None:
-    """Swap the complete new dataset in: old meta.json first (the old set stops being a dataset), old shards, then
-    the new shards, and the new meta.json last."""
+def _stage_metadata(partial: Path, meta: dict, tok: Tokenizer) -> None:
+    """meta.json (and a char tokenizer's tokenizer.json) into .partial: the last bytes the dataset needs are written
+    before the old dataset is touched, so a full disk here leaves it as it was."""
+    if isinstance(tok, CharTokenizer):
+        tok.save(partial / "tokenizer.json")
+    write_text_atomically(partial / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    fsync_dir(partial)
+
+
+def _swap_in(out: Path, partial: Path, meta: dict, tok: Tokenizer) -> None:
+    """Renames only, so nothing here needs disk space: old meta.json out (the old set stops being a dataset), old
+    shards out, the new shards in, and the new meta.json last."""
     old_meta = out / "meta.json"
     if old_meta.exists():
         os.remove(old_meta)
@@ -367,8 +383,8 @@ def _finalize(out: Path, partial: Path, meta: dict, tok: Tokenizer) -> None:
         for shard in meta["splits"][split]["shards"]:
             os.replace(partial / shard["file"], out / shard["file"])
     if isinstance(tok, CharTokenizer):
-        tok.save(out / "tokenizer.json")
+        os.replace(partial / "tokenizer.json", out / "tokenizer.json")
     fsync_dir(out)  # the shards' renames are durable before meta.json names them
-    write_text_atomically(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    os.replace(partial / "meta.json", out / "meta.json")
     fsync_dir(out)
     shutil.rmtree(partial, ignore_errors=True)

@@ -218,18 +218,24 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, ou
 
     if model_type not in ("bpe", "unigram"):
         raise ScalegptError(f"--model-type must be 'bpe' or 'unigram', got '{model_type}'")
+    if vocab_size < 1:
+        raise ScalegptError(f"--vocab-size must be >= 1, got {vocab_size}")
     files = list(_text_files(inputs))
     if not files:
         raise ScalegptError(f"no text files found in {[str(i) for i in inputs]}")
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
 
+    found_text = False  # for a clear message when every file is empty
+
     def lines():
+        nonlocal found_text
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     line = line.rstrip("\n")
                     if line.strip():
+                        found_text = True
                         yield line
 
     try:
@@ -242,6 +248,8 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, ou
             normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         )
     except RuntimeError as e:
+        if not found_text:
+            raise ScalegptError(f"no text found in {[str(f) for f in files]}") from None
         raise ScalegptError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
     return out_prefix.with_suffix(".model")
 
@@ -290,17 +298,22 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
     if not isinstance(spec, dict) or "kind" not in spec:
         raise ScalegptError(f"not a tokenizer spec (a dict with 'kind'): {str(spec)[:80]}")
     kind = spec["kind"]
-    if kind == "gpt2":
-        tok: Tokenizer = GPT2Tokenizer()
-    elif kind == "char":
-        tok = CharTokenizer(spec["chars"])
-    elif kind == "sentencepiece":
-        proto = base64.b64decode(spec["model"])
-        if "sha256" in spec and hashlib.sha256(proto).hexdigest() != spec["sha256"]:
-            raise ScalegptError("SentencePiece model in the tokenizer spec does not match its sha256")
-        tok = SentencePieceTokenizer(proto, source="tokenizer spec")
-    else:
-        raise ScalegptError(f"unknown tokenizer kind '{kind}' in spec; expected gpt2, char or sentencepiece")
+    try:
+        if kind == "gpt2":
+            tok: Tokenizer = GPT2Tokenizer()
+        elif kind == "char":
+            if not isinstance(spec.get("chars"), str):
+                raise ScalegptError(f"char tokenizer spec: 'chars' must be a string, got {spec.get('chars')!r:.40}")
+            tok = CharTokenizer(spec["chars"])
+        elif kind == "sentencepiece":
+            proto = base64.b64decode(spec["model"])
+            if "sha256" in spec and hashlib.sha256(proto).hexdigest() != spec["sha256"]:
+                raise ScalegptError("SentencePiece model in the tokenizer spec does not match its sha256")
+            tok = SentencePieceTokenizer(proto, source="tokenizer spec")
+        else:
+            raise ScalegptError(f"unknown tokenizer kind '{kind}' in spec; expected gpt2, char or sentencepiece")
+    except (KeyError, TypeError, ValueError) as e:  # a hand-edited spec: a missing key, base64 that is not
+        raise ScalegptError(f"malformed {kind} tokenizer spec ({type(e).__name__}: {e})") from None
     if "vocab_size" in spec and spec["vocab_size"] != tok.vocab_size:
         raise ScalegptError(f"tokenizer spec says vocab_size {spec['vocab_size']} but the tokenizer has {tok.vocab_size}")
     return tok

@@ -16,10 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +23,17 @@ from pathlib import Path
 import torch
 
 from scalegpt import config as cfg_mod
-from scalegpt.checkpoint import latest_checkpoint, recorded_precision, rng_state, set_rng_state
-from scalegpt.config import Config
+from scalegpt._fs import write_text_atomically
+from scalegpt.checkpoint import recorded_precision, rng_state, set_rng_state
+from scalegpt.checkpoint.train_state import prepare_run_dir
+from scalegpt.config import Config, DataSection
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
 from scalegpt.optim import build_optimizers, lr_at
+from scalegpt.signals import StopSignals, exit_code as signal_exit_code
 from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
 from scalegpt.strategy import Strategy, make_strategy
-
-RUN_MARKERS = ("config.toml", "log.txt", "metrics.jsonl", "checkpoints")  # what makes a directory a run directory
-
 
 @dataclass
 class TrainResult:
@@ -46,28 +42,6 @@ class TrainResult:
     checkpoint: Path | None  # the latest checkpoint written (None when none was)
     val_loss: float | None  # the latest validation loss
     stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Check what may happen to `run_dir`; returns the checkpoint to resume from (None: start fresh).
-
-    An existing run directory is never touched unless --resume (continue it) or --overwrite (delete it) says so."""
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ScalegptError("--resume and --overwrite contradict each other; pass one")
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return None
-    if not run_dir.is_dir():
-        raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
-    if resume:
-        return latest_checkpoint(run_dir)
-    if overwrite:
-        if not any((run_dir / m).exists() for m in RUN_MARKERS):
-            raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")
-        shutil.rmtree(run_dir)
-        return None
-    raise ScalegptError(f"--out {run_dir}: run directory exists; pass --resume to continue it or --overwrite to "
-                        "delete it and start again")
 
 
 class Trainer:
@@ -85,7 +59,7 @@ class Trainer:
         self.strategy = strategy if strategy is not None else make_strategy(config.dist)
         if self.strategy.restart_count > 0:  # torchrun --max-restarts brought the job back: continue it
             resume, overwrite = True, False
-        self.stop_signal: str | None = None
+        self.stops = StopSignals()  # SIGTERM/SIGINT: save at the end of the step, then exit
         self.progress: Progress | None = None  # set by fit()
         resume_from = prepare_run_dir(self.run_dir, resume, overwrite) if self.strategy.is_main else None
         resume_from = self.strategy.broadcast_object(resume_from)
@@ -125,7 +99,7 @@ class Trainer:
         self.run_log = None
         if self.strategy.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(cfg_mod.to_toml(c), encoding="utf-8")
+            write_text_atomically(self.run_dir / "config.toml", cfg_mod.to_toml(c))  # a full disk keeps the old one
             self.run_log = RunLog(self.run_dir, c.log.tensorboard, resume_step=self.step if self.resumed else -1)
         self.peak_flops, peak_source = peak_flops(self.device, self.precision, c.train.tf32)
         self.flops_per_step = self.raw_model.flops_per_token(self.seq_len) * self.tokens_per_step
@@ -168,6 +142,9 @@ class Trainer:
             if splits.get(c.data.val_split, {}).get("num_tokens", 0) > 0:
                 self.val_data = open_dataset(c.data.dir, split=c.data.val_split)
                 self.byte_lengths = token_byte_lengths(self.tokenizer)  # bytes per token id, for bits per byte
+            elif c.data.val_split not in splits and c.data.val_split != DataSection.val_split:  # a typo, not a choice
+                raise ScalegptError(f"data.val_split: {c.data.dir} has no split '{c.data.val_split}' "
+                                    f"(has {', '.join(splits)})")
             else:
                 self.say(f"no '{c.data.val_split}' split in {c.data.dir}: validation loss is off")
         self.hellaswag = None
@@ -383,7 +360,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         c = self.config
-        handlers = self._install_signal_handlers()
+        self.stops.install()
         self.progress = progress = Progress(self, self.max_steps)
         try:
             if self.max_steps is not None and self.step >= self.max_steps:
@@ -394,24 +371,24 @@ class Trainer:
                 with self._paused(evaluation=True):
                     self.evaluate()
             self.model.train()
-            while (self.max_steps is None or self.step < self.max_steps) and self.stop_signal is None:
+            while (self.max_steps is None or self.step < self.max_steps) and self.stops.name is None:
                 loss, norm, lr = self.train_step()
                 if self.budget is not None:
                     self._time_budget_step(loss)
                 if self.strategy.world_size > 1:  # a signal may reach ranks a step apart: all stop (and save) together
-                    if self.strategy.any_rank(self.stop_signal is not None):
-                        self.stop_signal = self.stop_signal or "SIGTERM"
+                    if self.strategy.any_rank(self.stops.name is not None):
+                        self.stops.name = self.stops.name or "SIGTERM"
                 progress.after_step(loss, norm, lr)
                 last = self.step == self.max_steps
                 if c.eval.interval and (self.step % c.eval.interval == 0 or last):
                     with self._paused(evaluation=True):
                         self.evaluate()
                 interval = c.checkpoint.interval
-                if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
-                    self._checkpoint_due(now=last or self.stop_signal is not None or not self.guard.enabled)
+                if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stops.name:
+                    self._checkpoint_due(now=last or self.stops.name is not None or not self.guard.enabled)
             progress.close()
-            if self.stop_signal:
-                self.say(f"stopped by {self.stop_signal} at step {self.step}; continue with --resume")
+            if self.stops.name:
+                self.say(f"stopped by {self.stops.name} at step {self.step}; continue with --resume")
         except Exception:  # e.g. a corrupted batch: a checkpoint no forward pass has judged yet is not lost
             pending, self.pending_checkpoint = self.pending_checkpoint, None
             if pending is not None and not self.pending_suspect and self.strategy.world_size == 1 \
@@ -419,11 +396,11 @@ class Trainer:
                 self.save_checkpoint(pending)
             raise
         finally:
-            self._restore_signal_handlers(handlers)
+            self.stops.restore()
             if self.run_log is not None:
                 self.run_log.close()
             self.progress = None
-        return TrainResult(self.run_dir, self.step, self.last_checkpoint, self.val_loss, self.stop_signal)
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, self.val_loss, self.stops.name)
 
     def _time_budget_step(self, loss: torch.Tensor) -> None:
         """Feed the budget this update's clock reading; fix max_steps (the same on every rank) once it decides."""
@@ -511,35 +488,8 @@ class Trainer:
         if self.run_log is not None:
             self.run_log.record(step, "sample", prompt=c.eval.prompt, samples=texts)
 
-    # ------------------------------------------------------------------------------------------------ signals
-
-    def _install_signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def on_signal(signum, frame):
-            name = signal.Signals(signum).name
-            if self.stop_signal is not None:  # a second signal: the user means it
-                raise KeyboardInterrupt
-            self.stop_signal = name
-            print(f"\n{name}: saving a checkpoint at the end of this step, then exiting "
-                  f"(send it again to exit at once)", file=sys.stderr, flush=True)
-
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-        for s in previous:
-            signal.signal(s, on_signal)
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous) -> None:
-        if previous:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
 
 def exit_code(result: TrainResult) -> int:
     """0 when training finished; 128 + the signal number when a signal stopped it (as a killed process would)."""
-    if result.stopped_by is None:
-        return 0
-    return 128 + int(getattr(signal, result.stopped_by))
+    return signal_exit_code(result.stopped_by)
 

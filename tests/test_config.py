@@ -71,7 +71,7 @@ def test_choices_and_ranges_are_checked(tmp_path):
         load_config(None, [("train.precision", "fp8")])
     with pytest.raises(ScalegptError, match="train.seq_len .* larger than the model's block_size"):
         load_config(None, [("model.block_size", "64"), ("train.seq_len", "128")])
-    with pytest.raises(ScalegptError, match="train.micro_batch_size must be > 0"):
+    with pytest.raises(ScalegptError, match="train.micro_batch_size must be >= 1, got 0"):
         load_config(None, [("train.micro_batch_size", "0")])
     with pytest.raises(ScalegptError, match="guard.spike_window"):  # the [guard] section's own checks still apply
         load_config(None, [("guard.spike_window", "1")])
@@ -146,3 +146,59 @@ def test_durations_parse_and_bad_ones_are_named():
         load_config(None, [("optim.name", "sgd")])
     with pytest.raises(ScalegptError, match="optim.muon_adjust_lr"):
         load_config(None, [("optim.muon_adjust_lr", "moonlight")])
+
+
+# ------------------------------------------------------------------------ one validation for every field (issue 14)
+
+NUMBERS = [f for f in fields_table() if f.type in (int, float)]
+
+
+@pytest.mark.parametrize("field", [f for f in NUMBERS if f.type is float], ids=lambda f: f.key)
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_every_float_refuses_non_finite_values(field, text):
+    with pytest.raises(ScalegptError, match=rf"^--{field.key} must be a finite number, got {text}$"):
+        load_config(None, [(field.key, text)])
+
+
+@pytest.mark.parametrize("field", NUMBERS, ids=lambda f: f.key)
+def test_every_number_has_a_range(field):
+    # Negative numbers mean nothing anywhere in the schema: each field refuses -1 with its key named.
+    with pytest.raises(ScalegptError, match=rf"^--{field.key} must be .*, got -1"):
+        load_config(None, [(field.key, "-1")])
+
+
+@pytest.mark.parametrize("field", fields_table(), ids=lambda f: f.key)
+def test_every_field_refuses_a_value_of_the_wrong_type_in_a_file(tmp_path, field):
+    wrong = "[1]" if field.type is str else '"12"'
+    path = write(tmp_path, f"[{field.section}]\n{field.name} = {wrong}\n")
+    with pytest.raises(ScalegptError, match=rf"c.toml: {field.key} must be {field.type.__name__}, got (str|list)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.beta1", "1.5", "--optim.beta1 must be in [0, 1), got 1.5"),
+    ("optim.beta2", "1", "--optim.beta2 must be in [0, 1), got 1.0"),
+    ("optim.eps", "0", "--optim.eps must be > 0, got 0.0"),
+    ("optim.lr", "0", "--optim.lr must be > 0, got 0.0"),
+    ("model.dropout", "1", "--model.dropout must be in [0, 1), got 1.0"),
+    ("schedule.min_lr_ratio", "1.5", "--schedule.min_lr_ratio must be in [0, 1], got 1.5"),
+    ("guard.spike_window", "1", "--guard.spike_window must be >= 2, got 1"),
+    ("train.seed", str(2**64), f"--train.seed must be in [0, 18446744073709551616), got {2**64}"),
+])
+def test_ranges_name_the_key_and_the_range(key, value, message):
+    with pytest.raises(ScalegptError) as e:
+        load_config(None, [(key, value)])
+    assert str(e.value) == message
+
+
+def test_sections_check_themselves_wherever_they_come_from():
+    from scalegpt.config import GPTConfig, OptimSection, TrainSection
+
+    with pytest.raises(ScalegptError, match=r"^optim.grad_clip must be a finite number, got nan$"):
+        OptimSection(grad_clip=float("nan"))
+    with pytest.raises(ScalegptError, match=r"^train.max_steps must be int, got bool True$"):
+        TrainSection(max_steps=True)
+    with pytest.raises(ScalegptError, match=r"^run/config.json: model.n_layer must be int, got str '2'$"):
+        GPTConfig.from_dict({"n_layer": "2"}, where="run/config.json")
+    assert OptimSection(lr=1).lr == 1.0 and isinstance(OptimSection(lr=1).lr, float)  # an int is a fine float
+    assert load_config(None, [("dist.strategy", "FSDP")]).dist.strategy == "fsdp"  # choices: any letter case

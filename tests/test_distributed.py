@@ -357,7 +357,7 @@ def test_unknown_strategy_names_the_valid_ones():
     from scalegpt.config import DistConfig
     from scalegpt.errors import ScalegptError
 
-    with pytest.raises(ScalegptError, match="auto, ddp, fsdp"):
+    with pytest.raises(ScalegptError, match="auto | ddp | fsdp"):
         DistConfig(strategy="zero3")
 
 

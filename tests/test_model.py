@@ -361,7 +361,7 @@ def test_option_config_errors_and_the_legacy_activation_key(tmp_path):
 
     with pytest.raises(ScalegptError, match=r"model.n_head \(4\) must be divisible by model.n_kv_head \(3\)"):
         GPTConfig(n_head=4, n_embd=32, n_kv_head=3)
-    with pytest.raises(ScalegptError, match="model.mlp must be one of gelu_tanh, gelu, relu2, swiglu, got 'relu'"):
+    with pytest.raises(ScalegptError, match=r"model.mlp must be one of gelu_tanh \| gelu \| relu2 \| swiglu, got .relu."):
         GPTConfig(mlp="relu")
     with pytest.raises(ScalegptError, match="model.logit_softcap must be >= 0"):
         GPTConfig(logit_softcap=-1.0)

@@ -75,6 +75,8 @@ def resolve_checkpoint(path) -> Path:
     ckpts = sorted((c for c in ckpts if is_model_dir(c)), key=lambda c: (step_number(c), c.name))
     if ckpts:
         return ckpts[-1]
+    for broken in ([p] if (p / "config.json").is_file() else []) + sorted((p / "checkpoints").glob("step_*"))[::-1]:
+        read_config(broken)  # a checkpoint whose config.json is unreadable: name the file and the reason
     if not p.exists():
         raise ScalegptError(f"{p}: no such checkpoint or run directory")
     raise ScalegptError(f"{p}: neither a checkpoint directory (config.json + model.safetensors) "
@@ -92,16 +94,22 @@ def load_model_dir(directory, device="cpu"):
     config = read_config(directory)
     if config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
         raise ScalegptError(f"{directory / 'config.json'}: not a scalegpt checkpoint config (expected \"format\": \"scalegpt\")")
-    model_config = GPTConfig.from_dict(config["model"])
+    model_config = GPTConfig.from_dict(config["model"], where=str(directory / "config.json"))
     spec = config.get("tokenizer")
+    if spec is not None and not isinstance(spec, dict):
+        raise ScalegptError(f"{directory / 'config.json'}: 'tokenizer' must be an object, got {spec!r:.40}")
     if spec is not None and spec.get("vocab_size") not in (None, model_config.vocab_size):
         raise ScalegptError(
             f"{directory}: model vocab_size {model_config.vocab_size} does not match its tokenizer's "
             f"vocab_size {spec.get('vocab_size')} ({spec.get('kind')})"
         )
-    with torch.device("meta"):
-        model = GPT(model_config)
-    model = model.to_empty(device=device)
+    try:
+        with torch.device("meta"):
+            model = GPT(model_config)
+        model = model.to_empty(device=device)
+    except (RuntimeError, MemoryError) as e:  # a config.json edited to an impossible size
+        raise ScalegptError(f"{directory / 'config.json'}: cannot allocate the model it describes "
+                            f"({str(e).splitlines()[0][:120]})") from None
     load_weights(model, directory)
     model.tie_weights()  # to_empty breaks the tie; restore it
     return model, spec
@@ -153,10 +161,9 @@ def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, 
     if saved.get("tokenizer") is not None:  # first: another tokenizer also shows up as another vocab_size below
         check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
     saved_model = saved.get("model") or {}
-    try:  # a checkpoint from before a [model] field existed has that field's (GPT-2) default; old key names map
-        saved_model = GPTConfig.from_dict(saved_model).to_dict()
-    except (ScalegptError, TypeError):
-        pass  # compared as written: the difference is named below
+    # a hand-edited value gets its own message; a checkpoint from before a [model] field existed has that field's
+    # (GPT-2) default, and old key names map
+    saved_model = GPTConfig.from_dict(saved_model, where=str(directory / "config.json")).to_dict()
     differ = [f"{k}: checkpoint {saved_model.get(k)!r}, config {v!r}" for k, v in model_config.items()
               if k != "dropout" and saved_model.get(k) != v]
     if differ:

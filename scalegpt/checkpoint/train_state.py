@@ -9,7 +9,8 @@
 `train_state.pt` holds only tensors, numbers, strings, lists and dicts, so it is read with
 `torch.load(weights_only=True)`: a checkpoint from anywhere can never run code when it is loaded.
 Each checkpoint directory is written under a temporary name and renamed when complete, so a crash or a full disk
-mid-write leaves every earlier checkpoint as it was.
+mid-write leaves every earlier checkpoint as it was. `prepare_run_dir` decides what a run may do with an existing
+run directory (resume, overwrite, or refuse).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from scalegpt.config import load_toml
 from scalegpt.errors import ScalegptError
 
 STATE_FILE = "train_state.pt"
+RUN_MARKERS = ("config.toml", "log.txt", "metrics.jsonl", "checkpoints")  # what makes a directory a run directory
 CONFIG_FILE = "train_config.toml"
 FORMAT_VERSION = 1
 
@@ -48,6 +50,44 @@ def list_checkpoints(run_dir) -> list[Path]:
 def latest_checkpoint(run_dir) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check what may happen to `run_dir`; returns the checkpoint to resume from (None: start fresh).
+
+    An existing run directory is never touched unless --resume (continue it) or --overwrite (delete it) says so."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ScalegptError("--resume and --overwrite contradict each other; pass one")
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return None
+    if not run_dir.is_dir():
+        raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
+    if resume:
+        latest = latest_checkpoint(run_dir)
+        refuse_damaged_newer(run_dir, latest)
+        return latest
+    if overwrite:
+        if not any((run_dir / m).exists() for m in RUN_MARKERS):
+            raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")
+        shutil.rmtree(run_dir)
+        return None
+    raise ScalegptError(f"--out {run_dir}: run directory exists; pass --resume to continue it or --overwrite to "
+                        "delete it and start again")
+
+
+def refuse_damaged_newer(run_dir, latest: Path | None) -> None:
+    """A step_N newer than the latest complete checkpoint that is not complete itself was damaged after it was written
+    (a crash never leaves one: see save_checkpoint). Resuming would overwrite it, so stop and say so instead."""
+    root = Path(run_dir) / "checkpoints"
+    newest = step_number(latest) if latest is not None else -1
+    for p in sorted(root.glob("step_*"), key=step_number) if root.is_dir() else []:
+        if step_number(p) > newest:
+            missing = [n for n in ("config.json", "model.safetensors", STATE_FILE) if not (p / n).is_file()]
+            what = f"{', '.join(missing)} missing" if missing else "its config.json is not a scalegpt checkpoint's"
+            raise ScalegptError(f"{p}: damaged checkpoint ({what}), newer than "
+                                f"{latest.name if latest else 'any complete one'}; resuming would overwrite it. Move "
+                                f"it out of {root} to resume from {latest.name if latest else 'scratch'}")
 
 
 # ------------------------------------------------------------------------------------------------------ RNG

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 
+from scalegpt._fs import os_error_message
 from scalegpt.errors import ScalegptError
 
 COMMAND_MODULES = [
@@ -38,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except ScalegptError as e:
+    except (ScalegptError, OSError) as e:
         # Under torchrun every rank prints it: torchrun stops the others as soon as one rank exits, so printing on
-        # rank 0 alone could lose the message.
-        print(f"scalegpt: error: {e}", file=sys.stderr)
+        # rank 0 alone could lose the message. An OSError that reaches here is one the user caused and can fix (a
+        # missing or unreadable path, a read-only or full disk): the writers have already put back what they had.
+        message = os_error_message(e) if isinstance(e, OSError) else str(e)
+        print(f"scalegpt: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scalegpt: interrupted", file=sys.stderr)

@@ -92,7 +92,11 @@ def load_model(checkpoint: str | None, hf: str | None, device: str):
         raise ScalegptError(f"{where}: the checkpoint has no tokenizer spec, so its text cannot be encoded "
                             "(save it with tokenizer_spec=..., or re-export it)")
     model.eval()
-    return model, tokenizer_from_spec(spec), spec, where
+    try:
+        tokenizer = tokenizer_from_spec(spec)
+    except ScalegptError as e:
+        raise ScalegptError(f"{where}: {e}") from None
+    return model, tokenizer, spec, where
 
 
 def run_loss(args) -> int:

@@ -122,7 +122,7 @@ def run_quickstart(args) -> int:
     if args.sample_tokens < 1:
         raise ScalegptError(f"--sample-tokens must be >= 1, got {args.sample_tokens}")
     started = time.time()
-    from scalegpt.train import prepare_run_dir
+    from scalegpt.checkpoint.train_state import prepare_run_dir
 
     prepare_run_dir(Path(args.out), resume=False, overwrite=False) if not args.overwrite else None  # fail early
     inputs, name, prompt = choose_inputs(args)

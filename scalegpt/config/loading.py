@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config
+from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config, check_value
 from scalegpt.errors import ScalegptError
 
 try:
@@ -120,8 +120,8 @@ PRESET_KEY = "model.preset"  # not a field: it sets the model's shape fields fro
 
 
 def convert(info: FieldInfo, value, where: str, from_text: bool = False):
-    """A value for the field: command-line text (from_text) is parsed to the field's type; typed values (TOML,
-    Python) are checked (ints are accepted for floats, nothing else is converted); choices are checked for both."""
+    """A value for the field: command-line text (from_text) is parsed to the field's type; then the section's own
+    checks (type, finiteness, range, choices: sections.check_value) run, the error naming where the value came from."""
     t = info.type
     if from_text and isinstance(value, str) and t is not str:
         try:
@@ -134,13 +134,10 @@ def convert(info: FieldInfo, value, where: str, from_text: bool = False):
                 value = t(value)
         except ValueError:
             raise ScalegptError(f"--{info.key}: expected {t.__name__}, got {value!r}") from None
-    if t is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, t) or (t is int and isinstance(value, bool)):
-        raise ScalegptError(f"{where}: {info.key} must be {t.__name__}, got {type(value).__name__} {value!r}")
-    if info.key in CHOICES and str(value).lower() not in CHOICES[info.key]:
-        raise ScalegptError(f"{where}: {info.key} must be one of {' | '.join(CHOICES[info.key])}, got {value!r}")
-    return value
+    try:
+        return check_value(info.key, value, t)
+    except ScalegptError as e:
+        raise ScalegptError(f"--{e}" if from_text else f"{where}: {e}") from None
 
 
 def _set(config: Config, key: str, value) -> None:
@@ -167,7 +164,8 @@ def apply_overrides(config: Config, overrides: Mapping[str, object] | Iterable[t
         key = _current_key(key)
         if key == PRESET_KEY:
             if value not in PRESETS:
-                raise ScalegptError(f"{where}: {PRESET_KEY} must be one of {' | '.join(PRESETS)}, got {value!r}")
+                at = "--" if where == "command line" else f"{where}: "
+                raise ScalegptError(f"{at}{PRESET_KEY} must be one of {' | '.join(PRESETS)}, got {value!r}")
             for name, v in PRESETS[value].items():
                 _set(config, f"model.{name}", v)
             continue
@@ -264,28 +262,11 @@ def resolve_config_path(path) -> Path:
 
 
 def validate(config: Config) -> None:
-    """Checks that need more than one field or a range; raised before anything is built."""
-    positive = ["train.max_steps", "train.global_batch_tokens", "train.micro_batch_size"]
-    non_negative = ["train.seq_len", "eval.interval", "eval.tokens", "eval.batch_size", "eval.samples",
-                    "eval.sample_tokens", "eval.top_k", "eval.hellaswag_examples", "log.interval",
-                    "checkpoint.interval", "checkpoint.keep_last", "schedule.warmup_steps", "schedule.decay_steps",
-                    "optim.weight_decay", "optim.grad_clip"]
-    for key in positive:
-        if get(config, key) <= 0:
-            raise ScalegptError(f"{key} must be > 0, got {get(config, key)}")
-    for key in non_negative:
-        if get(config, key) < 0:
-            raise ScalegptError(f"{key} must be >= 0, got {get(config, key)}")
-    if not config.optim.lr > 0 or not math.isfinite(config.optim.lr):
-        raise ScalegptError(f"optim.lr must be a positive number, got {config.optim.lr}")
-    if not 0.0 <= config.schedule.min_lr_ratio <= 1.0:
-        raise ScalegptError(f"schedule.min_lr_ratio must be in [0, 1], got {config.schedule.min_lr_ratio}")
-    if not 0.0 <= config.schedule.wsd_decay_fraction <= 1.0:
-        raise ScalegptError(f"schedule.wsd_decay_fraction must be in [0, 1], got {config.schedule.wsd_decay_fraction}")
+    """Checks across fields, raised before anything is built (each field's own type and range: sections.RANGES)."""
     if config.train.seq_len > config.model.block_size:
         raise ScalegptError(f"train.seq_len ({config.train.seq_len}) is larger than the model's block_size "
                             f"({config.model.block_size}); lower train.seq_len or raise model.block_size")
-    # Each section's dataclass checks its own ranges when constructed; field-by-field overrides bypassed that.
+    # Each section's dataclass checks itself when constructed; field-by-field overrides set attributes after that.
     for section in dataclasses.fields(config):
         value = getattr(config, section.name)
         type(value)(**dataclasses.asdict(value))

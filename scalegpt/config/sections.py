@@ -8,7 +8,10 @@ from: one definition, one set of checks.
 """
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 from scalegpt.errors import ScalegptError
@@ -47,31 +50,14 @@ class GPTConfig:
     residual_scalars: bool = False  # learned per-layer scalars: x = resid_lambda * x + x0_lambda * x0 before each block
 
     def __post_init__(self):
-        for name in ("block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
-            if getattr(self, name) < 1:
-                raise ScalegptError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.vocab_size < 0:
-            raise ScalegptError(f"model.vocab_size must be >= 0 (0 = the tokenizer's), got {self.vocab_size}")
-        for name in ("mlp_hidden", "head_dim", "n_kv_head"):
-            if getattr(self, name) < 0:
-                raise ScalegptError(f"model.{name} must be >= 0 (0 = derived), got {getattr(self, name)}")
+        check_section(self, "model")  # types, finiteness, choices and ranges of each field (see RANGES below)
         if not self.head_dim and self.n_embd % self.n_head:
             raise ScalegptError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}), "
                                 "or set model.head_dim")
         if self.n_head % self.kv_heads:
             raise ScalegptError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})")
-        for key, choices in (("mlp", MLPS), ("pos_emb", POS_EMBS), ("norm", NORMS)):
-            if getattr(self, key) not in choices:
-                raise ScalegptError(f"model.{key} must be one of {', '.join(choices)}, got '{getattr(self, key)}'")
         if self.pos_emb == "rope" and self.head_size % 2:
             raise ScalegptError(f"model.pos_emb rope needs an even head width, got {self.head_size}")
-        for key in ("rope_theta", "norm_eps"):
-            if not 0 < getattr(self, key) < math.inf:
-                raise ScalegptError(f"model.{key} must be > 0, got {getattr(self, key)}")
-        if not 0 <= self.logit_softcap < math.inf:
-            raise ScalegptError(f"model.logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ScalegptError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -103,13 +89,19 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
+    def from_dict(cls, d: dict, where: str = "") -> "GPTConfig":
+        """From a JSON/TOML object (old key names mapped); `where` (a file) prefixes any error, so a bad checkpoint
+        config names itself."""
+        prefix = f"{where}: " if where else ""
         d = {LEGACY_MODEL_KEYS.get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ScalegptError(f"unknown model config key(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
+            raise ScalegptError(f"{prefix}unknown model config key(s) {unknown}; expected some of {sorted(known)}")
+        try:
+            return cls(**d)
+        except ScalegptError as e:
+            raise ScalegptError(f"{prefix}{e}") from None
 
 
 # Named shapes, selectable as `model.preset = "gpt2"`. The GPT-2 family matches OpenAI's checkpoints; the small ones
@@ -138,6 +130,9 @@ class DataSection:
     val_split: str = "val"  # split for validation loss
     shuffle: bool = True  # shuffle the order of training sequences (seeded, resumable)
 
+    def __post_init__(self):
+        check_section(self, "data")
+
 
 @dataclass
 class OptimSection:
@@ -160,16 +155,7 @@ class OptimSection:
     muon_adjust_lr: str = "original"  # Muon's update scale per matrix shape (original: Keller Jordan; match_rms_adamw: Moonlight)
 
     def __post_init__(self):
-        for key in ("name", "muon_adjust_lr"):
-            if getattr(self, key) not in CHOICES[f"optim.{key}"]:
-                raise ScalegptError(f"optim.{key} '{getattr(self, key)}' is not one of: "
-                                    f"{', '.join(CHOICES[f'optim.{key}'])}")
-        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
-            raise ScalegptError(f"optim.muon_lr must be a positive number, got {self.muon_lr}")
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise ScalegptError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
-        if not self.muon_weight_decay >= 0:
-            raise ScalegptError(f"optim.muon_weight_decay must be >= 0, got {self.muon_weight_decay}")
+        check_section(self, "optim")
 
 
 @dataclass
@@ -179,6 +165,9 @@ class ScheduleSection:
     decay_steps: int = 0  # step at which the decay reaches min_lr; 0 = train.max_steps
     min_lr_ratio: float = 0.1  # the floor as a fraction of optim.lr
     wsd_decay_fraction: float = 0.2  # wsd only: the final fraction of decay_steps spent decaying linearly to the floor
+
+    def __post_init__(self):
+        check_section(self, "schedule")
 
 
 @dataclass
@@ -195,6 +184,7 @@ class TrainSection:
     tf32: bool = True  # allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)
 
     def __post_init__(self):
+        check_section(self, "train")
         parse_duration(self.time_budget, "train.time_budget")  # a bad budget fails at load time, not mid-run
 
 
@@ -230,6 +220,9 @@ class EvalSection:
     hellaswag: str = ""  # HellaSwag file (jsonl or llama.cpp text); empty = no HellaSwag
     hellaswag_examples: int = 0  # HellaSwag examples per evaluation; 0 = all
 
+    def __post_init__(self):
+        check_section(self, "eval")
+
 
 @dataclass
 class LogSection:
@@ -238,12 +231,18 @@ class LogSection:
     progress: str = "auto"  # a progress bar (auto = when stdout is a terminal)
     plot: bool = True  # redraw RUN_DIR/loss.png at every evaluation
 
+    def __post_init__(self):
+        check_section(self, "log")
+
 
 @dataclass
 class CheckpointSection:
     interval: int = 1000  # save a checkpoint every this many steps; 0 = only at the end and on SIGTERM/SIGINT
     keep_last: int = 3  # keep this many most recent checkpoints; 0 = keep all
     at_end: bool = True  # save when training finishes
+
+    def __post_init__(self):
+        check_section(self, "checkpoint")
 
 
 @dataclass
@@ -256,12 +255,7 @@ class DistConfig:
     timeout_minutes: int = 30  # collective timeout before a hung rank fails the job
 
     def __post_init__(self):
-        for key in ("strategy", "backend"):
-            if getattr(self, key) not in CHOICES[f"dist.{key}"]:
-                raise ScalegptError(f"dist.{key} '{getattr(self, key)}' is not one of: "
-                                    f"{', '.join(CHOICES[f'dist.{key}'])}")
-        if self.timeout_minutes < 1:
-            raise ScalegptError(f"dist.timeout_minutes must be >= 1, got {self.timeout_minutes}")
+        check_section(self, "dist")
 
 
 @dataclass
@@ -273,13 +267,7 @@ class GuardConfig:
     spike_zscore: float = 6.0  # a value this many standard deviations above the window mean is a spike
 
     def __post_init__(self):
-        if self.max_consecutive_skips < 0:
-            raise ScalegptError("guard.max_consecutive_skips must be >= 0 (0 never aborts), "
-                                f"got {self.max_consecutive_skips}")
-        if self.spike_window < 2:
-            raise ScalegptError(f"guard.spike_window must be >= 2 steps, got {self.spike_window}")
-        if not self.spike_zscore > 0:
-            raise ScalegptError(f"guard.spike_zscore must be > 0, got {self.spike_zscore}")
+        check_section(self, "guard")
 
 
 @dataclass
@@ -310,3 +298,65 @@ CHOICES = {
     "dist.strategy": ("auto", "ddp", "fsdp"),
     "dist.backend": ("auto", "nccl", "gloo"),
 }
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+# One mechanism checks every field of every section, from each dataclass's __post_init__ (so a value from a TOML file,
+# the command line, a checkpoint's config.json or Python is checked alike): the annotated type (an int is a fine
+# float; a bool is not an int), finiteness of every float, CHOICES, and the range below. A number not listed in
+# RANGES must be >= 0, so a new field is checked with no code of its own; list it here when 0 is not meaningful.
+RANGES = {
+    "model.n_layer": ">= 1", "model.n_head": ">= 1", "model.n_embd": ">= 1", "model.block_size": ">= 1",
+    "model.pad_vocab_multiple": ">= 1", "model.dropout": "[0, 1)",
+    "model.rope_theta": "> 0", "model.norm_eps": "> 0",
+    "optim.lr": "> 0", "optim.muon_lr": "> 0", "optim.muon_momentum": "[0, 1)", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.eps": "> 0",
+    "schedule.min_lr_ratio": "[0, 1]", "schedule.wsd_decay_fraction": "[0, 1]",
+    "train.max_steps": ">= 1", "train.global_batch_tokens": ">= 1", "train.micro_batch_size": ">= 1",
+    "train.seed": "[0, 18446744073709551616)",  # what torch.manual_seed and numpy's generators accept
+    "dist.timeout_minutes": ">= 1",
+    "guard.spike_window": ">= 2", "guard.spike_zscore": "> 0",
+}
+_DEFAULT_RANGE = ">= 0"
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict[str, type]:
+    return typing.get_type_hints(cls)
+
+
+def check_section(section, name: str) -> None:
+    """Check (and normalise: int -> float, choice spelling -> lower case) every field of one section in place."""
+    for f in fields(section):
+        key = f"{name}.{f.name}"
+        setattr(section, f.name, check_value(key, getattr(section, f.name), _field_types(type(section))[f.name]))
+
+
+def check_value(key: str, value, kind: type):
+    """`value` as a valid `key` of type `kind`, or a ScalegptError like 'optim.beta1 must be in [0, 1), got 1.5'."""
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)
+    elif kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # numpy integers too
+    if kind in (bool, int, float, str) and type(value) is not kind:
+        raise ScalegptError(f"{key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    if key in CHOICES:
+        if value.lower() not in CHOICES[key]:
+            raise ScalegptError(f"{key} must be one of {' | '.join(CHOICES[key])}, got {value!r}")
+        return value.lower()
+    if kind in (int, float):
+        if not math.isfinite(value):
+            raise ScalegptError(f"{key} must be a finite number, got {value}")
+        spec = RANGES.get(key, _DEFAULT_RANGE)
+        if not _within(value, spec):
+            raise ScalegptError(f"{key} must be {spec if spec[0] in '<>' else 'in ' + spec}, got {value}")
+    return value
+
+
+def _within(value, spec: str) -> bool:
+    """`spec` is '>= 1', '> 0' or an interval '[0, 1)'."""
+    if spec[0] in "<>":
+        op, bound = spec.split()
+        bound = float(bound)
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    lo, hi = (int(b) if b.strip().lstrip("-").isdigit() else float(b) for b in spec[1:-1].split(","))
+    return (value >= lo if spec[0] == "[" else value > lo) and (value <= hi if spec[-1] == "]" else value < hi)
