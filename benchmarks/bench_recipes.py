@@ -1,0 +1,392 @@
+"""Recipes benchmark on CPU (a measurement, not a test): how fast each training recipe gets to a validation loss.
+
+    python benchmarks/bench_recipes.py                       # both parts, 3 seeds each (about an hour on 2 cores)
+    python benchmarks/bench_recipes.py --only shakespeare --seeds 1
+    python benchmarks/bench_recipes.py --quick --seeds 1     # a tiny smoke run (seconds)
+    python benchmarks/bench_recipes.py --variant "modern-lr2:modern:optim.lr=2e-3"   # add a variant to compare
+
+1. shakespeare (character level, nanoGPT's 90/10 split of tinyshakespeare.txt, 12 x 64 tokens per step for all):
+   - nanoGPT: configs/shakespeare-char.toml at lr 1e-3 in fp32 = nanoGPT's own CPU recipe (the preset's header);
+   - GPT-2: configs/shakespeare-char.toml as shipped (lr 3e-3, precision auto);
+   - modern: configs/shakespeare-char-modern.toml.
+   Tables: val loss at equal steps, val loss at equal training time, and the training time to reach nanoGPT's
+   published val loss 1.8857 (target: modern <= 1/3 of nanoGPT's recipe, on the same CPU).
+2. dickens (../shared/data/dickens, GPT-2 BPE, prepared once into the cache): a small model trained by the GPT-2
+   recipe and by the modern recipe for the same training time (--dickens-seconds each); validation in bits per byte,
+   so the figure compares with any tokenizer (target: modern >= 0.05 bpb lower, mean of the seeds).
+
+How it is timed. Each run is a `scalegpt.train.Trainer` driven step by step in this process: the wall time counted is
+`Trainer.train_step` only (data, forward, backward, clip, optimizer); the whole validation split is evaluated every
+--eval-every steps and that time is measured apart and left out. The recipes run interleaved by seed (A1 B1 C1 A2 B2
+...), so a noisy minute on a shared machine hits them alike. Losses at a given time or the time at which the target
+is crossed are read off the evaluated points by linear interpolation. Results: a markdown table on stdout,
+results.json and recipes.png (val loss against training time) in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CONFIGS = ROOT / "scalegpt" / "configs"
+NANOGPT_VAL_LOSS = 1.8857  # nanoGPT's README: shakespeare-char on a CPU, iteration 2000
+
+# Every run: no checkpoints, samples, plots or progress bars (the benchmark evaluates and times by itself).
+QUIET = [("checkpoint.interval", "0"), ("checkpoint.at_end", "false"), ("eval.samples", "0"), ("log.plot", "false"),
+         ("log.progress", "false"), ("train.device", "cpu"), ("train.compile", "false")]
+
+# name -> (preset file, overrides). The nanoGPT recipe is the shipped preset at nanoGPT's own lr and precision.
+SHAKESPEARE = {
+    "nanoGPT": ("shakespeare-char.toml", [("optim.lr", "1e-3"), ("train.precision", "fp32")]),
+    "GPT-2": ("shakespeare-char.toml", []),
+    "modern": ("shakespeare-char-modern.toml", []),
+}
+# The BPE model: 4 layers, 256 wide, 128-token context, 8 x 128 tokens per step, for both recipes.
+DICKENS_SHAPE = [("model.n_layer", "4"), ("model.n_head", "4"), ("model.n_embd", "256"), ("model.block_size", "128"),
+                 ("model.vocab_size", "0"), ("train.micro_batch_size", "8"), ("train.global_batch_tokens", "1024"),
+                 ("schedule.warmup_steps", "50")]
+DICKENS = {
+    "GPT-2": ("shakespeare-char.toml", [*DICKENS_SHAPE, ("optim.lr", "1e-3")]),
+    "modern": ("shakespeare-char-modern.toml", DICKENS_SHAPE),
+}
+QUICK = [("model.n_layer", "2"), ("model.n_head", "2"), ("model.n_embd", "32"), ("model.block_size", "32"),
+         ("train.micro_batch_size", "4"), ("train.global_batch_tokens", "128"), ("train.max_steps", "12"),
+         ("schedule.warmup_steps", "2"), ("schedule.decay_steps", "0")]
+
+
+@dataclass
+class Run:
+    recipe: str
+    seed: int
+    steps: list[int] = field(default_factory=list)
+    train_s: list[float] = field(default_factory=list)  # training time when each evaluation happened
+    val: list[float] = field(default_factory=list)
+    bpb: list[float] = field(default_factory=list)
+    eval_s: float = 0.0
+    params: int = 0
+    precision: str = ""
+
+    def at_time(self, seconds: float, key: str = "val") -> float:
+        """The curve at `seconds` of training (linear between evaluations); nan past the run's end."""
+        return _interp(self.train_s, getattr(self, key), seconds)
+
+    def at_step(self, step: int, key: str = "val") -> float:
+        return _interp(self.steps, getattr(self, key), step)
+
+    def time_to(self, target: float) -> float:
+        """Training seconds at which the val loss first reaches `target` (nan when it never does)."""
+        for i, v in enumerate(self.val):
+            if v <= target:
+                if i == 0:
+                    return 0.0
+                t0, t1, v0 = self.train_s[i - 1], self.train_s[i], self.val[i - 1]
+                return t0 + (t1 - t0) * (v0 - target) / (v0 - v)
+        return math.nan
+
+
+def _interp(xs: list, ys: list, x: float) -> float:
+    if not xs or x > xs[-1] + 1e-9:
+        return math.nan
+    for i in range(1, len(xs)):
+        if xs[i] >= x:
+            w = (x - xs[i - 1]) / (xs[i] - xs[i - 1]) if xs[i] > xs[i - 1] else 1.0
+            return ys[i - 1] + w * (ys[i] - ys[i - 1])
+    return ys[0]
+
+
+def build_config(preset: str, overrides, data_dir: Path, seed: int):
+    from scalegpt.config import load_config
+
+    path = Path(preset) if Path(preset).is_file() else CONFIGS / preset
+    return load_config(path, [*QUIET, ("data.dir", str(data_dir)), ("train.seed", str(seed)), *overrides])
+
+
+def train_and_time(config, run_dir: Path, eval_every: int, val_tokens: int | None) -> Run:
+    """Train to config.train.max_steps, evaluating every `eval_every` steps (timed apart, not counted)."""
+    from scalegpt.data import eval_batches
+    from scalegpt.evaluate import evaluate_loss
+    from scalegpt.train import Trainer
+
+    trainer = Trainer(config, run_dir, overwrite=True, echo=lambda *_: None)
+    run = Run("", config.train.seed, params=trainer.raw_model.num_params(), precision=trainer.precision)
+
+    def evaluate(train_s: float) -> None:
+        start = time.perf_counter()
+        # Big batches for a small vocabulary; for GPT-2's 50k the logits of a micro-batch are already large.
+        batch = 64 if trainer.model_config.vocab_size < 1024 else config.train.micro_batch_size
+        batches = eval_batches(trainer.val_data, batch_size=batch, seq_len=trainer.seq_len, max_tokens=val_tokens)
+        with torch.random.fork_rng(devices=[]):
+            result = evaluate_loss(trainer.raw_model, batches, trainer.device, autocast=trainer.autocast,
+                                   byte_lengths=trainer.byte_lengths)
+        run.steps.append(trainer.step)
+        run.train_s.append(train_s)
+        run.val.append(result["loss"])
+        run.bpb.append(result["bpb"])
+        run.eval_s += time.perf_counter() - start
+
+    try:
+        trainer.model.train()
+        train_s, max_steps = 0.0, config.train.max_steps
+        evaluate(0.0)
+        while trainer.step < max_steps:
+            start = time.perf_counter()
+            trainer.train_step()  # on a CPU every op has finished when it returns: no device sync needed
+            train_s += time.perf_counter() - start
+            if trainer.step % eval_every == 0 or trainer.step == max_steps:
+                evaluate(train_s)
+    finally:
+        if trainer.run_log is not None:
+            trainer.run_log.close()
+        trainer.loader.close()
+    return run
+
+
+def steps_for_seconds(config, run_dir: Path, seconds: float, probe_steps: int) -> tuple[int, float]:
+    """(max_steps that fill `seconds` of training, measured ms/step): a probe run's median step time."""
+    import dataclasses
+
+    from scalegpt.train import Trainer
+
+    probe = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=probe_steps + 3))
+    trainer = Trainer(probe, run_dir, overwrite=True, echo=lambda *_: None)
+    times = []
+    try:
+        for _ in range(probe_steps + 3):
+            start = time.perf_counter()
+            trainer.train_step()
+            times.append(time.perf_counter() - start)
+    finally:
+        if trainer.run_log is not None:
+            trainer.run_log.close()
+    step_s = statistics.median(times[3:])
+    return max(1, int(seconds / step_s)), step_s * 1000
+
+
+def prepared(text: Path, tokenizer: str, cache: Path, encoding: str = "utf-8") -> Path:
+    from scalegpt.prepare import prepare
+
+    out = cache / f"{text.stem}-{tokenizer}-{text.stat().st_size}"
+    if not (out / "meta.json").is_file():
+        prepare([str(text)], out=str(out), tokenizer=tokenizer, encoding=encoding, progress=False, overwrite=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def mean_std(values: list[float], fmt: str = "{:.4f}") -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "not reached" if values else "-"
+    text = fmt.format(statistics.mean(finite))
+    if len(finite) > 1:
+        text += " ± " + fmt.format(statistics.stdev(finite))
+    if len(finite) < len(values):
+        text += f" ({len(values) - len(finite)}/{len(values)} not reached)"
+    return text
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report_shakespeare(runs: dict[str, list[Run]], target: float) -> str:
+    names = list(runs)
+    max_step = min(r.steps[-1] for rs in runs.values() for r in rs)
+    milestones = [s for s in (100, 250, 500, 1000, 1500, 2000) if s <= max_step] or [max_step]
+    end_s = min(statistics.median(r.train_s[-1] for r in rs) for rs in runs.values())
+    times = [end_s * f for f in (0.25, 0.5, 1.0)]
+    out = [f"val loss at equal steps (whole val split; mean ± std over {len(runs[names[0]])} seeds)", ""]
+    out.append(table(["recipe", "params", "precision", *[f"step {s}" for s in milestones], "ms/step"],
+                     [[n, f"{runs[n][0].params:,}", runs[n][0].precision,
+                       *[mean_std([r.at_step(s) for r in runs[n]]) for s in milestones],
+                       mean_std([r.train_s[-1] / r.steps[-1] * 1000 for r in runs[n]], "{:.1f}")] for n in names]))
+    out += ["", "val loss at equal training time (evaluation time excluded)", ""]
+    out.append(table(["recipe", *[f"{t:.1f} s" for t in times], "steps run", "training s (whole run)"],
+                     [[n, *[mean_std([r.at_time(t) for r in runs[n]]) for t in times],
+                       str(runs[n][0].steps[-1]), mean_std([r.train_s[-1] for r in runs[n]], "{:.1f}")]
+                      for n in names]))
+    reach = {n: [r.time_to(target) for r in runs[n]] for n in names}
+    out += ["", f"training time to reach val loss {target} (nanoGPT's published result)", ""]
+    base = [v for v in reach.get("nanoGPT", []) if math.isfinite(v)]
+    rows = []
+    for n in names:
+        ratio = "-"
+        mine = [v for v in reach[n] if math.isfinite(v)]
+        if base and mine and n != "nanoGPT":
+            ratio = f"{statistics.mean(mine) / statistics.mean(base):.2f}x nanoGPT's time"
+        steps = [_interp(r.val[::-1], r.steps[::-1], target) if math.isfinite(t) else math.nan
+                 for r, t in zip(runs[n], reach[n])]
+        rows.append([n, mean_std(reach[n], "{:.1f} s"), mean_std(steps, "{:.0f}"), ratio])
+    out.append(table(["recipe", "training time to target", "at step", "ratio"], rows))
+    return "\n".join(out)
+
+
+def report_dickens(runs: dict[str, list[Run]]) -> str:
+    names = list(runs)
+    equal_s = min(r.train_s[-1] for rs in runs.values() for r in rs)
+    out = [f"dickens, GPT-2 BPE: val bits per byte (mean ± std over {len(runs[names[0]])} seeds)", ""]
+    rows = [[n, f"{runs[n][0].params:,}", runs[n][0].precision, str(runs[n][0].steps[-1]),
+             mean_std([r.train_s[-1] for r in runs[n]], "{:.1f}"), mean_std([r.bpb[-1] for r in runs[n]]),
+             mean_std([r.at_time(equal_s, "bpb") for r in runs[n]])] for n in names]
+    out.append(table(["recipe", "params", "precision", "steps", "training s", "val bpb at the end",
+                      f"val bpb at {equal_s:.1f} s"], rows))
+    if "GPT-2" in runs and "modern" in runs:
+        gain = [g.at_time(equal_s, "bpb") - m.at_time(equal_s, "bpb") for g, m in zip(runs["GPT-2"], runs["modern"])]
+        out += ["", f"modern vs GPT-2 at {equal_s:.1f} s of training: {mean_std(gain)} bpb lower (target >= 0.05)"]
+    return "\n".join(out)
+
+
+def plot(parts: dict[str, dict[str, list[Run]]], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.5), squeeze=False)
+    for ax, (part, runs) in zip(axes[0], parts.items()):
+        key = "bpb" if part == "dickens" else "val"
+        for i, (name, rs) in enumerate(runs.items()):
+            for j, r in enumerate(rs):
+                ax.plot(r.train_s, getattr(r, key), color=f"C{i}", alpha=0.8, lw=1.2,
+                        label=name if j == 0 else None)
+        if part == "shakespeare":
+            ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"nanoGPT {target}")
+            ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
+        else:
+            ax.set_ylim(top=min(4.0, ax.get_ylim()[1]))
+        ax.set_xlabel("training wall time (s, evaluation excluded)")
+        ax.set_ylabel("val bits per byte" if key == "bpb" else "val loss")
+        ax.set_title(part)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> str:
+    name, flags = platform.processor() or "?", ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), name)
+        flags = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    except OSError:
+        pass
+    bf16 = "avx512_bf16" in flags.split() or "amx_bf16" in flags.split()
+    return (f"CPU: {name}, {os.cpu_count()} cores, AVX-512 BF16: {'yes' if bf16 else 'no'}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def parse_variant(text: str, base: dict) -> tuple[str, tuple[str, list]]:
+    """'name:base:key=value,key=value' -> a recipe `base` with extra overrides."""
+    try:
+        name, parent, rest = (text.split(":", 2) + [""])[:3]
+        preset, overrides = base[parent]
+        extra = [tuple(kv.split("=", 1)) for kv in rest.split(",") if kv]
+        assert all(len(kv) == 2 for kv in extra)
+    except (ValueError, KeyError, AssertionError):
+        raise SystemExit(f"--variant {text!r}: expected NAME:BASE:key=value,... with BASE one of {', '.join(base)}")
+    return name, (preset, [*overrides, *extra])
+
+
+def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {name: [] for name in recipes}
+    extra = QUICK if args.quick else []
+    steps_for = {}
+    if part == "dickens":  # equal training time: each recipe's max_steps from a probe of its step time
+        for name, (preset, overrides) in recipes.items():
+            config = build_config(preset, [*overrides, *extra], data, 0)
+            steps, ms = steps_for_seconds(config, tmp / "probe", args.dickens_seconds, 3 if args.quick else 20)
+            steps_for[name] = steps
+            print(f"  {name}: {ms:.1f} ms/step -> {steps} steps for {args.dickens_seconds:g} s", flush=True)
+    for seed in range(args.seeds):
+        for name, (preset, overrides) in recipes.items():
+            more = [("train.max_steps", str(steps_for[name]))] if name in steps_for else []
+            config = build_config(preset, [*overrides, *extra, *more], data, 1337 + seed)
+            eval_every = args.eval_every if part == "shakespeare" else max(1, config.train.max_steps // 10)
+            if args.quick:
+                eval_every = 4
+            run = train_and_time(config, tmp / f"{part}-{name}", eval_every, 2048 if args.quick else None)
+            run.recipe = name
+            runs[name].append(run)
+            print(f"  {part} seed {seed} {name}: val {run.val[-1]:.4f} (bpb {run.bpb[-1]:.4f}) after "
+                  f"{run.steps[-1]} steps, {run.train_s[-1]:.1f} s training + {run.eval_s:.1f} s evaluating",
+                  flush=True)
+    return runs
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3, help="seeds per recipe (default 3)")
+    p.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke test of the script")
+    p.add_argument("--only", choices=["shakespeare", "dickens"], action="append", help="run one part")
+    p.add_argument("--out", default=None, help="where results.json and recipes.png go (default: a temp dir)")
+    p.add_argument("--cache", default=None, help="prepared datasets are kept here (default: ~/.cache/scalegpt/bench)")
+    p.add_argument("--shakespeare", default=str(SHARED / "tinyshakespeare.txt"), help="tinyshakespeare.txt")
+    p.add_argument("--dickens", default=str(SHARED / "dickens" / "dickens.txt"), help="dickens.txt (cp437)")
+    p.add_argument("--eval-every", type=int, default=50, help="shakespeare: evaluate every N steps (default 50)")
+    p.add_argument("--dickens-seconds", type=float, default=120.0, help="training seconds per dickens run")
+    p.add_argument("--recipes", default=None, help="comma-separated subset of the shipped recipes ('' = none)")
+    p.add_argument("--variant", action="append", default=[], help="NAME:BASE:key=value,...: an extra recipe")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.dickens_seconds = min(args.dickens_seconds, 0.5)
+    parts = args.only or ["shakespeare", "dickens"]
+    cache = Path(args.cache or Path.home() / ".cache" / "scalegpt" / "bench")
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_recipes_"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(machine(), flush=True)
+
+    results: dict[str, dict[str, list[Run]]] = {}
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in parts:
+            shipped = SHAKESPEARE if part == "shakespeare" else DICKENS
+            base = {n: r for n, r in shipped.items() if not args.recipes or n in args.recipes.split(",")}
+            for text in args.variant:
+                name, recipe = parse_variant(text, shipped)
+                base[name] = recipe
+            if part == "shakespeare":
+                data = prepared(Path(args.shakespeare), "char", cache)
+            else:
+                data = prepared(Path(args.dickens), "gpt2", cache, encoding="cp437")
+            print(f"{part}: {len(base)} recipes x {args.seeds} seeds on {data}", flush=True)
+            results[part] = run_part(part, base, data, args, Path(tmp))
+            reports.append(report_shakespeare(results[part], NANOGPT_VAL_LOSS) if part == "shakespeare"
+                           else report_dickens(results[part]))
+    print()
+    print(machine())
+    for text in reports:
+        print()
+        print(text)
+    (out / "results.json").write_text(json.dumps(
+        {part: {n: [r.__dict__ for r in rs] for n, rs in runs.items()} for part, runs in results.items()}, indent=1))
+    plot(results, out / "recipes.png", NANOGPT_VAL_LOSS)
+    print(f"\nwrote {out / 'results.json'} and {out / 'recipes.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
