@@ -219,7 +219,7 @@ def _scored_losses(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     vocabulary (the largest matmul of a small model, and the softmax after it) roughly halves the work."""
     keep = y != -1
     h = model.hidden_states(x)[keep]  # (N, C)
-    logits = F.linear(h, model.lm_head.weight[: model.config.vocab_size])
+    logits = model.head(h)  # the vocabulary projection (and softcap) of these positions only
     losses = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
     losses[keep] = F.cross_entropy(logits.float(), y[keep], reduction="none")
     return losses

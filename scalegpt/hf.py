@@ -28,7 +28,7 @@ HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TOKENIZER_SPEC_FILE = "scalegpt_tokenizer.json"
 GPT2_VOCAB_SIZE = 50257
-# HF activation_function -> our model.activation (gelu_new and gelu_pytorch_tanh are the same tanh approximation).
+# HF activation_function -> our model.mlp (gelu_new and gelu_pytorch_tanh are the same tanh approximation).
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
@@ -100,7 +100,7 @@ def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
             raise ScalegptError(f"{source}: '{key}' must be {str(expected).lower()}, got {hf[key]!r}")
     return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
                      n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
-                     activation=GPT2_ACTIVATIONS[act])
+                     mlp=GPT2_ACTIVATIONS[act])
 
 
 def hf_state_to_gpt(hf_state: dict, config: GPTConfig) -> dict:
@@ -178,7 +178,7 @@ def _load_hf_dir(directory: Path, device) -> tuple[GPT, dict | None]:
         model = GPT(config)
     model = model.to_empty(device=device)
     load_state_checked(model, state, directory)
-    model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
+    model.tie_weights()  # to_empty breaks the tie; restore it
     return model, spec
 
 
@@ -196,6 +196,19 @@ def _hf_tokenizer_spec(directory: Path, config: GPTConfig) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------- scalegpt -> HF
+
+
+def gpt2_inexpressible(config: GPTConfig) -> str:
+    """The first model option the GPT-2 format cannot express, as `key=value` ('' when it expresses them all)."""
+    gpt2 = {"pos_emb": ("learned",), "norm": ("layernorm",), "norm_learnable": (True,), "norm_eps": (1e-5,),
+            "bias": (True,), "mlp": ("gelu_tanh", "gelu"), "mlp_hidden": (0, 4 * config.n_embd),
+            "head_dim": (0, config.n_embd // config.n_head), "n_kv_head": (0, config.n_head), "qk_norm": (False,),
+            "tie_embeddings": (True,), "logit_softcap": (0.0,), "embed_norm": (False,), "value_embeds": (False,),
+            "residual_scalars": (False,)}
+    for key, allowed in gpt2.items():
+        if getattr(config, key) not in allowed:
+            return f"{key}={getattr(config, key)}"
+    return ""
 
 
 def gpt_state_to_hf(model: GPT) -> dict:
@@ -225,7 +238,7 @@ def gpt_config_to_hf(config: GPTConfig, tokenizer_spec: dict | None) -> dict:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        "activation_function": "gelu_new" if config.mlp == "gelu_tanh" else "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -249,8 +262,9 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
 
     model = unwrap(model)
     config = model.config
-    if not config.bias:
-        raise ScalegptError("a model with bias=False cannot be exported: the GPT-2 format always has biases")
+    not_gpt2 = gpt2_inexpressible(config)
+    if not_gpt2:
+        raise ScalegptError(f"a model with {not_gpt2} cannot be exported as GPT-2: the GPT-2 format has no such option")
     if tokenizer_spec is not None and tokenizer_spec.get("vocab_size") != config.vocab_size:
         raise ScalegptError(f"model vocab_size {config.vocab_size} does not match its tokenizer's vocab_size "
                             f"{tokenizer_spec.get('vocab_size')} ({tokenizer_spec.get('kind')})")

@@ -49,6 +49,25 @@ def test_the_tied_matrix_is_stored_once(tiny_model, tmp_path):
     assert "transformer.wte.weight" in keys and "lm_head.weight" not in keys
 
 
+def test_untied_model_with_every_option_round_trips(tmp_path):
+    from safetensors.torch import load_file
+
+    options = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_head=1, tie_embeddings=False,
+                   value_embeds=True, residual_scalars=True, embed_norm=True, logit_softcap=15.0, bias=False)
+    model = GPT(preset_config("tiny", vocab_size=100, **options)).eval()
+    with torch.no_grad():
+        model.transformer.x0_lambdas.fill_(0.5)  # off its init, so a lost scalar would show
+    save_model_dir(model, tmp_path / "ckpt", tokenizer_spec=CHAR_SPEC)
+    keys = load_file(str(tmp_path / "ckpt" / "model.safetensors")).keys()
+    assert "lm_head.weight" in keys and "transformer.wte.weight" in keys  # untied: both stored
+    loaded, _ = load_model_dir(tmp_path / "ckpt")
+    _same_weights(model, loaded)
+    assert loaded.config == model.config and loaded.lm_head.weight is not loaded.transformer.wte.weight
+    idx = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(idx), loaded.eval()(idx))
+
+
 def test_wrapped_modules_save_plain_names(tiny_model, tmp_path):
     class DDPLike(nn.Module):  # DDP keeps the model as `.module`; torch.compile as `._orig_mod`
         def __init__(self, module):

@@ -88,7 +88,7 @@ def test_export_bad_inputs_are_one_line(tmp_path, run_cli):
     save_model_dir(GPT(preset_config("tiny", vocab_size=100, bias=False)), tmp_path / "nobias")
     rc, _, err = run_cli("export", "--checkpoint", tmp_path / "nobias", "--out", tmp_path / "o")
     assert rc == 2
-    _one_error_line(err, "bias=False cannot be exported")
+    _one_error_line(err, "bias=False cannot be exported as GPT-2")
     assert not (tmp_path / "o").exists()
 
 

@@ -59,6 +59,20 @@ def test_greedy_kv_cache_equals_full_recompute(tiny_model):
         assert cached[r].tolist() == greedy_reference(tiny_model, idx[r].tolist(), 20)
 
 
+def test_greedy_kv_cache_equals_full_recompute_with_rope_gqa_and_qk_norm():
+    config = preset_config("tiny", vocab_size=100, n_head=4, n_kv_head=2, pos_emb="rope", qk_norm=True,
+                           norm="rmsnorm", value_embeds=True, residual_scalars=True, block_size=24)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # larger weights: more decisive argmaxes, so a wrong position would show
+            p.add_(torch.randn_like(p) * 0.3)
+    idx = torch.randint(0, 100, (2, 5))
+    cached = run_tokens(model, idx, 30, temperature=0)  # past block_size: the window slides and RoPE restarts
+    assert torch.equal(cached, run_tokens(model, idx, 30, temperature=0, use_cache=False))
+    for r in range(2):
+        assert cached[r].tolist() == greedy_reference(model, idx[r].tolist(), 30)
+
+
 def test_caller_grad_mode_and_model_mode_are_left_alone(tiny_model):
     tiny_model.train()
     steps = generate_tokens(tiny_model, torch.randint(0, 100, (1, 4)), 3, temperature=0)

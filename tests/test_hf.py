@@ -92,14 +92,14 @@ def test_a_malicious_pickle_is_never_executed(hf_dir, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
-def test_export_loads_in_transformers_with_identical_logits(tmp_path, activation, hf_activation):
-    model = GPT(preset_config("tiny", vocab_size=VOCAB, activation=activation))  # padded to 256, 211 in the export
+@pytest.mark.parametrize("mlp, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+def test_export_loads_in_transformers_with_identical_logits(tmp_path, mlp, hf_activation):
+    model = GPT(preset_config("tiny", vocab_size=VOCAB, mlp=mlp))  # padded to 256, 211 in the export
     out = export_hf(model, None, tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["architectures"] == ["GPT2LMHeadModel"]
     assert config["activation_function"] == hf_activation
-    assert load_pretrained(str(out)).config.activation == activation
+    assert load_pretrained(str(out)).config.mlp == mlp
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert type(hf).__name__ == "GPT2LMHeadModel"
     idx = torch.randint(0, VOCAB, (2, 64))
@@ -168,11 +168,26 @@ def test_export_refuses_to_clobber(tiny_model, tmp_path):
 
 
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
-    with pytest.raises(ScalegptError, match="bias=False cannot be exported"):
+    with pytest.raises(ScalegptError, match="bias=False cannot be exported as GPT-2"):
         export_hf(GPT(preset_config("tiny", vocab_size=50, bias=False)), None, tmp_path / "a")
     with pytest.raises(ScalegptError, match="model vocab_size 50 does not match its tokenizer's vocab_size 50257"):
         export_hf(GPT(preset_config("tiny", vocab_size=50)), GPT2_SPEC, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("option, named", [
+    (dict(pos_emb="rope"), "pos_emb=rope"), (dict(norm="rmsnorm"), "norm=rmsnorm"), (dict(mlp="relu2"), "mlp=relu2"),
+    (dict(mlp="swiglu"), "mlp=swiglu"), (dict(tie_embeddings=False), "tie_embeddings=False"),
+    (dict(qk_norm=True), "qk_norm=True"), (dict(n_kv_head=1), "n_kv_head=1"), (dict(logit_softcap=15.0), "logit_softcap=15.0"),
+    (dict(embed_norm=True), "embed_norm=True"), (dict(value_embeds=True), "value_embeds=True"),
+    (dict(residual_scalars=True), "residual_scalars=True"), (dict(norm_learnable=False), "norm_learnable=False"),
+])
+def test_export_names_the_option_gpt2_cannot_express(tmp_path, option, named):
+    with pytest.raises(ScalegptError, match=f"a model with {named} cannot be exported as GPT-2"):
+        export_hf(GPT(preset_config("tiny", vocab_size=50, **option)), None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # Spelled out at their GPT-2 values, the same options export.
+    export_hf(GPT(preset_config("tiny", vocab_size=50, n_kv_head=2, head_dim=16, mlp_hidden=128)), None, tmp_path / "ok")
 
 
 def _write_config(d, **changes):

@@ -36,7 +36,8 @@ def write_model_files(model, directory: Path, tokenizer_spec: dict | None) -> No
     from safetensors.torch import save_file
 
     state = clean_state_dict(model.state_dict())
-    state.pop(TIED_KEY, None)
+    if model.config.tie_embeddings:
+        state.pop(TIED_KEY, None)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     save_file(state, str(Path(directory) / "model.safetensors"), metadata={"format": FORMAT})
     config = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer_spec}
@@ -101,7 +102,7 @@ def load_model_dir(directory, device="cpu"):
         model = GPT(model_config)
     model = model.to_empty(device=device)
     load_weights(model, directory)
-    model.transformer.wte.weight = model.lm_head.weight  # to_empty breaks the tie; restore it
+    model.tie_weights()  # to_empty breaks the tie; restore it
     return model, spec
 
 
@@ -115,7 +116,8 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
         state = clean_state_dict(load_file(str(path), device="cpu"))
     except (SafetensorError, OSError) as e:
         raise ScalegptError(f"{path}: cannot read weights ({e})") from None
-    state[TIED_KEY] = state.get("transformer.wte.weight")
+    if unwrap(model).config.tie_embeddings:
+        state[TIED_KEY] = state.get("transformer.wte.weight")
     load_state_checked(model, state, path)
 
 

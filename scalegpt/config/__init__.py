@@ -5,7 +5,7 @@ from scalegpt.config.loading import (  # noqa: F401
     to_toml, validate,
 )
 from scalegpt.config.sections import (  # noqa: F401
-    ACTIVATIONS, CHOICES, PRESETS, CheckpointSection, Config, DataSection, DistConfig, EvalSection, GPTConfig,
-    GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, parse_duration,
+    CHOICES, LEGACY_MODEL_KEYS, MLPS, NORMS, POS_EMBS, PRESETS, CheckpointSection, Config, DataSection, DistConfig,
+    EvalSection, GPTConfig, GuardConfig, LogSection, OptimSection, ScheduleSection, TrainSection, parse_duration,
     preset_config,
 )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from scalegpt.config.sections import CHOICES, PRESETS, Config
+from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config
 from scalegpt.errors import ScalegptError
 
 try:
@@ -164,6 +164,7 @@ def apply_overrides(config: Config, overrides: Mapping[str, object] | Iterable[t
     index = _field_index()
     items = overrides.items() if isinstance(overrides, Mapping) else overrides
     for key, value in items:
+        key = _current_key(key)
         if key == PRESET_KEY:
             if value not in PRESETS:
                 raise ScalegptError(f"{where}: {PRESET_KEY} must be one of {' | '.join(PRESETS)}, got {value!r}")
@@ -174,6 +175,12 @@ def apply_overrides(config: Config, overrides: Mapping[str, object] | Iterable[t
             raise _unknown(key, f"in {where}" if where != "command line" else "on the command line")
         _set(config, key, convert(index[key], value, where, from_text=where == "command line"))
     return config
+
+
+def _current_key(key: str) -> str:
+    """A renamed key's current spelling (`model.activation` is `model.mlp` now); any other key as given."""
+    section, _, name = key.partition(".")
+    return f"model.{LEGACY_MODEL_KEYS[name]}" if section == "model" and name in LEGACY_MODEL_KEYS else key
 
 
 def config_from_dict(data: dict, where: str = "config", base: Config | None = None) -> Config:
@@ -219,7 +226,7 @@ def parse_override_args(args: list[str]) -> list[tuple[str, str]]:
                 raise ScalegptError(f"--{key} needs a value")
             i += 1
             value = args[i]
-        if key not in _field_index() and key != PRESET_KEY:
+        if _current_key(key) not in _field_index() and key != PRESET_KEY:
             raise _unknown(key, "on the command line")
         out.append((key, value))
         i += 1

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from scalegpt.errors import ScalegptError
 
-ACTIVATIONS = ("gelu_tanh", "gelu")
+MLPS = ("gelu_tanh", "gelu", "relu2", "swiglu")
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+LEGACY_MODEL_KEYS = {"activation": "mlp"}  # old [model] key -> its field now (old configs and checkpoints load)
 
 
 @dataclass
@@ -24,9 +27,24 @@ class GPTConfig:
     block_size: int = 1024  # longest sequence the model can see (its position table)
     vocab_size: int = 0  # the tokenizer's vocabulary (0 in a training config = the dataset's tokenizer's)
     dropout: float = 0.0  # dropout probability; 0 for pretraining
-    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has
-    activation: str = "gelu_tanh"  # MLP activation: gelu_tanh (GPT-2's approximation) or gelu (exact, as nanoGPT)
+    bias: bool = True  # biases in Linear and norm layers, as GPT-2 has (Llama, nanochat: none)
     pad_vocab_multiple: int = 64  # pad the embedding rows to a multiple of this (50257 -> 50304) for faster matmuls
+    pos_emb: str = "learned"  # positions: learned (GPT-2's table, wpe) or rope (rotary, applied to q and k; no table)
+    rope_theta: float = 10000.0  # RoPE base: the longest wavelength grows with it (Llama 3 and Qwen3 use 500000+)
+    norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm (Llama, nanochat: no mean subtraction, no bias)
+    norm_learnable: bool = True  # norms carry a learned gain (and bias with bias=true); false = parameter-free (nanochat)
+    norm_eps: float = 1e-5  # epsilon of every norm (Llama and Qwen3 use 1e-6)
+    mlp: str = "gelu_tanh"  # MLP: gelu_tanh (GPT-2), gelu (exact, nanoGPT), relu2 (ReLU squared, nanochat) or swiglu (Llama)
+    mlp_hidden: int = 0  # MLP hidden width; 0 = 4 * n_embd, for swiglu 8/3 * n_embd rounded up to a multiple of 64
+    head_dim: int = 0  # width of each attention head; 0 = n_embd // n_head
+    n_kv_head: int = 0  # key/value heads, shared by groups of query heads (GQA); 0 = n_head, 1 = multi-query
+    qk_norm: bool = False  # RMS-normalise each head's q and k before RoPE (Qwen3, nanochat): steadier attention logits
+    tie_embeddings: bool = True  # the output head shares the token embedding matrix (GPT-2); false = its own (nanochat)
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), bounding them to (-c, c) (Gemma 2, nanochat: 15)
+    embed_norm: bool = False  # a norm right after the token embedding (modded-nanogpt, nanochat)
+    zero_init: bool = False  # zero-initialise the residual projections (attn and mlp c_proj) and an untied lm_head
+    value_embeds: bool = False  # value embeddings: extra token embeddings mixed into v in alternating layers (nanochat)
+    residual_scalars: bool = False  # learned per-layer scalars: x = resid_lambda * x + x0_lambda * x0 before each block
 
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
@@ -34,10 +52,24 @@ class GPTConfig:
                 raise ScalegptError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.vocab_size < 0:
             raise ScalegptError(f"model.vocab_size must be >= 0 (0 = the tokenizer's), got {self.vocab_size}")
-        if self.n_embd % self.n_head:
-            raise ScalegptError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.activation not in ACTIVATIONS:
-            raise ScalegptError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
+        for name in ("mlp_hidden", "head_dim", "n_kv_head"):
+            if getattr(self, name) < 0:
+                raise ScalegptError(f"model.{name} must be >= 0 (0 = derived), got {getattr(self, name)}")
+        if not self.head_dim and self.n_embd % self.n_head:
+            raise ScalegptError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}), "
+                                "or set model.head_dim")
+        if self.n_head % self.kv_heads:
+            raise ScalegptError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})")
+        for key, choices in (("mlp", MLPS), ("pos_emb", POS_EMBS), ("norm", NORMS)):
+            if getattr(self, key) not in choices:
+                raise ScalegptError(f"model.{key} must be one of {', '.join(choices)}, got '{getattr(self, key)}'")
+        if self.pos_emb == "rope" and self.head_size % 2:
+            raise ScalegptError(f"model.pos_emb rope needs an even head width, got {self.head_size}")
+        for key in ("rope_theta", "norm_eps"):
+            if not 0 < getattr(self, key) < math.inf:
+                raise ScalegptError(f"model.{key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.logit_softcap < math.inf:
+            raise ScalegptError(f"model.logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
         if not 0.0 <= self.dropout < 1.0:
             raise ScalegptError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -45,11 +77,28 @@ class GPTConfig:
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
 
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":  # Llama: 2/3 of 4 * n_embd keeps the parameter count of a 4x MLP with 3 matrices
+            return math.ceil(8 * self.n_embd / 3 / 64) * 64
+        return 4 * self.n_embd
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        d = {LEGACY_MODEL_KEYS.get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -242,7 +291,9 @@ class Config:
 
 
 CHOICES = {
-    "model.activation": ACTIVATIONS,
+    "model.mlp": MLPS,
+    "model.pos_emb": POS_EMBS,
+    "model.norm": NORMS,
     "optim.name": ("adamw", "muon"),
     "optim.fused": ("auto", "true", "false"),
     "optim.muon_adjust_lr": ("original", "match_rms_adamw"),
