@@ -113,7 +113,7 @@ def build_config(preset: str, overrides, data_dir: Path, seed: int):
     return load_config(path, [*QUIET, ("data.dir", str(data_dir)), ("train.seed", str(seed)), *overrides])
 
 
-def train_and_time(config, run_dir: Path, eval_every: int, val_tokens: int | None) -> Run:
+def train_and_time(config, run_dir: Path, eval_every: int, val_tokens: int | None, verbose: bool = False) -> Run:
     """Train to config.train.max_steps, evaluating every `eval_every` steps (timed apart, not counted)."""
     from scalegpt.data import eval_batches
     from scalegpt.evaluate import evaluate_loss
@@ -146,6 +146,8 @@ def train_and_time(config, run_dir: Path, eval_every: int, val_tokens: int | Non
             train_s += time.perf_counter() - start
             if trainer.step % eval_every == 0 or trainer.step == max_steps:
                 evaluate(train_s)
+                if verbose:
+                    print(f"    step {trainer.step}: val {run.val[-1]:.4f} at {train_s:.1f} s", flush=True)
     finally:
         if trainer.run_log is not None:
             trainer.run_log.close()
@@ -325,7 +327,8 @@ def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> dict[str,
             eval_every = args.eval_every if part == "shakespeare" else max(1, config.train.max_steps // 10)
             if args.quick:
                 eval_every = 4
-            run = train_and_time(config, tmp / f"{part}-{name}", eval_every, 2048 if args.quick else None)
+            run = train_and_time(config, tmp / f"{part}-{name}", eval_every, 2048 if args.quick else None,
+                                 args.verbose)
             run.recipe = name
             runs[name].append(run)
             print(f"  {part} seed {seed} {name}: val {run.val[-1]:.4f} (bpb {run.bpb[-1]:.4f}) after "
@@ -347,6 +350,7 @@ def main() -> int:
     p.add_argument("--dickens-seconds", type=float, default=120.0, help="training seconds per dickens run")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the shipped recipes ('' = none)")
     p.add_argument("--variant", action="append", default=[], help="NAME:BASE:key=value,...: an extra recipe")
+    p.add_argument("--verbose", action="store_true", help="print each evaluation as it happens")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
