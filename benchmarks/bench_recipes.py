@@ -16,8 +16,8 @@
    so the figure compares with any tokenizer (target: modern >= 0.05 bpb lower, mean of the seeds).
 
 How it is timed. Each run is a `scalegpt.train.Trainer` driven step by step in this process: the wall time counted is
-`Trainer.train_step` only (data, forward, backward, clip, optimizer); the whole validation split is evaluated every
---eval-every steps and that time is measured apart and left out. The recipes run interleaved by seed (A1 B1 C1 A2 B2
+`Trainer.train_step` only (data, forward, backward, clip, optimizer); the whole validation split is evaluated
+--eval-points times a run and that time is measured apart and left out. The recipes run interleaved by seed (A1 B1 C1 A2 B2
 ...), so a noisy minute on a shared machine hits them alike. Losses at a given time or the time at which the target
 is crossed are read off the evaluated points by linear interpolation. Results: a markdown table on stdout,
 results.json and recipes.png (val loss against training time) in --out.
@@ -59,7 +59,7 @@ DICKENS_SHAPE = [("model.n_layer", "4"), ("model.n_head", "4"), ("model.n_embd",
                  ("model.vocab_size", "0"), ("train.micro_batch_size", "8"), ("train.global_batch_tokens", "1024"),
                  ("schedule.warmup_steps", "50"), ("schedule.decay_steps", "0")]  # decay over the whole run
 DICKENS = {
-    "GPT-2": ("shakespeare-char.toml", [*DICKENS_SHAPE, ("optim.lr", "1e-3")]),
+    "GPT-2": ("shakespeare-char.toml", DICKENS_SHAPE),
     "modern": ("shakespeare-char-modern.toml", DICKENS_SHAPE),
 }
 QUICK = [("model.n_layer", "2"), ("model.n_head", "2"), ("model.n_embd", "32"), ("model.block_size", "32"),
@@ -254,9 +254,9 @@ def report_dickens(runs: dict[str, list[Run]]) -> str:
              mean_std([r.at_time(equal_s, "bpb") for r in runs[n]])] for n in names]
     out.append(table(["recipe", "params", "precision", "steps", "training s", "val bpb at the end",
                       f"val bpb at {equal_s:.1f} s"], rows))
-    if "GPT-2" in runs and "modern" in runs:
-        gain = [g.at_time(equal_s, "bpb") - m.at_time(equal_s, "bpb") for g, m in zip(runs["GPT-2"], runs["modern"])]
-        out += ["", f"modern vs GPT-2 at {equal_s:.1f} s of training: {mean_std(gain)} bpb lower (target >= 0.05)"]
+    for name in [n for n in names if n.startswith("GPT-2")] if "modern" in runs else []:
+        gain = [g.at_time(equal_s, "bpb") - m.at_time(equal_s, "bpb") for g, m in zip(runs[name], runs["modern"])]
+        out += ["", f"modern vs {name} at {equal_s:.1f} s of training: {mean_std(gain)} bpb lower (target >= 0.05)"]
     return "\n".join(out)
 
 
@@ -331,8 +331,8 @@ def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> dict[str,
         for name, (preset, overrides) in recipes.items():
             more = [("train.max_steps", str(steps_for[name]))] if name in steps_for else []
             config = build_config(preset, [*overrides, *extra, *more], data, 1337 + args.first_seed + seed)
-            if part == "shakespeare":  # the whole val split (111,540 characters)
-                eval_every, val_tokens = args.eval_every, None
+            if part == "shakespeare":  # the whole val split (111,540 characters), --eval-points times a run
+                eval_every, val_tokens = max(1, config.train.max_steps // args.eval_points), None
             else:  # the first --dickens-val-tokens of the val split, 6 times a run
                 eval_every, val_tokens = max(1, config.train.max_steps // 6), args.dickens_val_tokens
             if args.quick:
@@ -355,7 +355,7 @@ def main() -> int:
     p.add_argument("--cache", default=None, help="prepared datasets are kept here (default: ~/.cache/scalegpt/bench)")
     p.add_argument("--shakespeare", default=str(SHARED / "tinyshakespeare.txt"), help="tinyshakespeare.txt")
     p.add_argument("--dickens", default=str(SHARED / "dickens" / "dickens.txt"), help="dickens.txt (cp437)")
-    p.add_argument("--eval-every", type=int, default=50, help="shakespeare: evaluate every N steps (default 50)")
+    p.add_argument("--eval-points", type=int, default=20, help="shakespeare: evaluations per run (default 20)")
     p.add_argument("--dickens-seconds", type=float, default=120.0, help="training seconds per dickens run")
     p.add_argument("--dickens-val-tokens", type=int, default=131072, help="dickens: val tokens per evaluation")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the shipped recipes ('' = none)")
