@@ -53,11 +53,12 @@ SHAKESPEARE = {
     "GPT-2": ("shakespeare-char.toml", []),
     "modern": ("shakespeare-char-modern.toml", []),
 }
-# The BPE model: 4 layers, 128 wide, 128-token context, 8 x 128 tokens per step, for both recipes. With GPT-2's
-# 50,257-token vocabulary the output layer is most of a step's work (6.4M of the tied model's 7.2M parameters).
+# The BPE model: 4 layers, 128 wide, 128-token context, 4 x 128 tokens per step, for both recipes. With GPT-2's
+# 50,257-token vocabulary the output layer is most of a step's work (6.4M of the tied model's 7.2M parameters), and
+# a few minutes of CPU are a few hundred steps: small batches, short warmup.
 DICKENS_SHAPE = [("model.n_layer", "4"), ("model.n_head", "4"), ("model.n_embd", "128"), ("model.block_size", "128"),
-                 ("model.vocab_size", "0"), ("train.micro_batch_size", "8"), ("train.global_batch_tokens", "1024"),
-                 ("schedule.warmup_steps", "50"), ("schedule.decay_steps", "0")]  # decay over the whole run
+                 ("model.vocab_size", "0"), ("train.micro_batch_size", "4"), ("train.global_batch_tokens", "512"),
+                 ("schedule.warmup_steps", "20"), ("schedule.decay_steps", "0")]  # decay over the whole run
 DICKENS = {
     "GPT-2": ("shakespeare-char.toml", DICKENS_SHAPE),
     "modern": ("shakespeare-char-modern.toml", DICKENS_SHAPE),
@@ -126,7 +127,7 @@ def train_and_time(config, run_dir: Path, eval_every: int, val_tokens: int | Non
     def evaluate(train_s: float) -> None:
         start = time.perf_counter()
         # Big batches for a small vocabulary; for GPT-2's 50k the logits of a micro-batch are already large.
-        batch = 64 if trainer.model_config.vocab_size < 1024 else config.train.micro_batch_size
+        batch = 64 if trainer.model_config.vocab_size < 1024 else 16
         batches = eval_batches(trainer.val_data, batch_size=batch, seq_len=trainer.seq_len, max_tokens=val_tokens)
         with torch.random.fork_rng(devices=[]):
             result = evaluate_loss(trainer.raw_model, batches, trainer.device, autocast=trainer.autocast,
@@ -154,6 +155,35 @@ def train_and_time(config, run_dir: Path, eval_every: int, val_tokens: int | Non
             trainer.run_log.close()
         trainer.loader.close()
     return run
+
+
+def step_costs(configs: dict, run_dir: Path, steps: int, rounds: int) -> dict[str, float]:
+    """{recipe: ms per training step}, the best of `rounds` interleaved rounds of `steps` steps each.
+
+    A busy machine only ever adds time, so the fastest round is the closest to what a recipe's step costs on an idle
+    one; interleaving gives every recipe the same chances of a quiet round. The real runs' own timings (which include
+    whatever else the machine was doing) are reported next to it."""
+    from scalegpt.train import Trainer
+
+    trainers = {name: Trainer(config, run_dir / name, overwrite=True, echo=lambda *_: None)
+                for name, config in configs.items()}
+    best = {name: math.inf for name in trainers}
+    try:
+        for name, trainer in trainers.items():  # warm-up: allocations, optimizer state, first-call paths
+            for _ in range(3):
+                trainer.train_step()
+        for _ in range(rounds):
+            for name, trainer in trainers.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    trainer.train_step()
+                best[name] = min(best[name], (time.perf_counter() - start) / steps * 1000)
+    finally:
+        for trainer in trainers.values():
+            trainer.loader.close()
+            if trainer.run_log is not None:
+                trainer.run_log.close()
+    return best
 
 
 def steps_for_seconds(config, run_dir: Path, seconds: float, probe_steps: int) -> tuple[int, float]:
@@ -207,16 +237,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def report_shakespeare(runs: dict[str, list[Run]], target: float) -> str:
+def report_shakespeare(runs: dict[str, list[Run]], target: float, costs: dict[str, float]) -> str:
     names = list(runs)
-    max_step = min(r.steps[-1] for rs in runs.values() for r in rs)
-    milestones = [s for s in (100, 250, 500, 1000, 1500, 2000) if s <= max_step] or [max_step]
+    ends = sorted({r.steps[-1] for rs in runs.values() for r in rs})
+    milestones = sorted({s for s in (100, 250, 500, 1000) if s <= ends[-1]} | set(ends))
     end_s = min(statistics.median(r.train_s[-1] for r in rs) for rs in runs.values())
     times = [end_s * f for f in (0.25, 0.5, 1.0)]
     out = [f"val loss at equal steps (whole val split; mean ± std over {len(runs[names[0]])} seeds)", ""]
     out.append(table(["recipe", "params", "precision", *[f"step {s}" for s in milestones], "ms/step"],
                      [[n, f"{runs[n][0].params:,}", runs[n][0].precision,
-                       *[mean_std([r.at_step(s) for r in runs[n]]) for s in milestones],
+                       *[mean_std([r.at_step(s) for r in runs[n]]) if s <= runs[n][0].steps[-1] else "-"
+                         for s in milestones],
                        mean_std([r.train_s[-1] / r.steps[-1] * 1000 for r in runs[n]], "{:.1f}")] for n in names]))
     out += ["", "val loss at equal training time (evaluation time excluded)", ""]
     out.append(table(["recipe", *[f"{t:.1f} s" for t in times], "steps run", "training s (whole run)"],
@@ -240,8 +271,20 @@ def report_shakespeare(runs: dict[str, list[Run]], target: float) -> str:
             ratio = f"{bound}{statistics.mean(mine) / statistics.mean(base):.2f}x nanoGPT's time"
         steps = [_interp(r.val[::-1], r.steps[::-1], target) if math.isfinite(t) else math.nan
                  for r, t in zip(runs[n], reach[n])]
-        rows.append([n, mean_std(reach[n], "{:.1f} s"), mean_std(steps, "{:.0f}"), ratio])
-    out.append(table(["recipe", "training time to target", "at step", "ratio"], rows))
+        cost = costs.get(n)
+        idle = [st * cost / 1000 for st in steps] if cost else []
+        idle_ratio = "-"
+        if cost and "nanoGPT" in costs and n != "nanoGPT" and all(map(math.isfinite, idle)):
+            base_steps = [_interp(r.val[::-1], r.steps[::-1], target) if math.isfinite(t) else r.steps[-1]
+                          for r, t in zip(runs["nanoGPT"], reach["nanoGPT"])]
+            idle_ratio = (f"{bound}{statistics.mean(idle) / (statistics.mean(base_steps) * costs['nanoGPT'] / 1000):.2f}x")
+        rows.append([n, mean_std(reach[n], "{:.1f} s"), mean_std(steps, "{:.0f}"), ratio,
+                     f"{cost:.1f}" if cost else "-", mean_std(idle, "{:.1f} s") if cost else "-", idle_ratio])
+    out.append(table(["recipe", "training time to target", "at step", "ratio", "ms/step (best round)",
+                      "steps x best ms/step", "ratio"], rows))
+    if costs:
+        out += ["", "ms/step (best round): the best of interleaved timing rounds of every recipe, run before the "
+                "training runs; steps x best ms/step estimates the time on an idle machine."]
     return "\n".join(out)
 
 
@@ -317,7 +360,7 @@ def parse_variant(text: str, base: dict) -> tuple[str, tuple[str, list]]:
     return name, (preset, [*overrides, *extra])
 
 
-def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> dict[str, list[Run]]:
+def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> tuple[dict[str, list[Run]], dict]:
     runs: dict[str, list[Run]] = {name: [] for name in recipes}
     extra = QUICK if args.quick else []
     steps_for = {}
@@ -327,14 +370,21 @@ def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> dict[str,
             steps, ms = steps_for_seconds(config, tmp / "probe", args.dickens_seconds, 3 if args.quick else 20)
             steps_for[name] = max(steps, 4) if args.quick else steps  # a smoke run on a busy machine still learns
             print(f"  {name}: {ms:.1f} ms/step -> {steps} steps for {args.dickens_seconds:g} s", flush=True)
+    costs = {}
+    if part == "shakespeare" and args.cost_rounds:
+        configs = {name: build_config(preset, [*overrides, *extra], data, 1337)
+                   for name, (preset, overrides) in recipes.items()}
+        costs = step_costs(configs, tmp / "cost", 3 if args.quick else 20, 2 if args.quick else args.cost_rounds)
+        print("  ms/step, best of interleaved rounds: " + ", ".join(f"{n} {c:.1f}" for n, c in costs.items()),
+              flush=True)
     for seed in range(args.seeds):
         for name, (preset, overrides) in recipes.items():
             more = [("train.max_steps", str(steps_for[name]))] if name in steps_for else []
             config = build_config(preset, [*overrides, *extra, *more], data, 1337 + args.first_seed + seed)
             if part == "shakespeare":  # the whole val split (111,540 characters), --eval-points times a run
                 eval_every, val_tokens = max(1, config.train.max_steps // args.eval_points), None
-            else:  # the first --dickens-val-tokens of the val split, 6 times a run
-                eval_every, val_tokens = max(1, config.train.max_steps // 6), args.dickens_val_tokens
+            else:  # the first --dickens-val-tokens of the val split, 4 times a run (50k-token logits are costly)
+                eval_every, val_tokens = max(1, config.train.max_steps // 4), args.dickens_val_tokens
             if args.quick:
                 eval_every, val_tokens = 4, 2048
             run = train_and_time(config, tmp / f"{part}-{name}", eval_every, val_tokens, args.verbose)
@@ -343,7 +393,7 @@ def run_part(part: str, recipes: dict, data: Path, args, tmp: Path) -> dict[str,
             print(f"  {part} seed {args.first_seed + seed} {name}: val {run.val[-1]:.4f} (bpb {run.bpb[-1]:.4f}) after "
                   f"{run.steps[-1]} steps, {run.train_s[-1]:.1f} s training + {run.eval_s:.1f} s evaluating",
                   flush=True)
-    return runs
+    return runs, costs
 
 
 def main() -> int:
@@ -357,11 +407,13 @@ def main() -> int:
     p.add_argument("--dickens", default=str(SHARED / "dickens" / "dickens.txt"), help="dickens.txt (cp437)")
     p.add_argument("--eval-points", type=int, default=20, help="shakespeare: evaluations per run (default 20)")
     p.add_argument("--dickens-seconds", type=float, default=120.0, help="training seconds per dickens run")
-    p.add_argument("--dickens-val-tokens", type=int, default=131072, help="dickens: val tokens per evaluation")
+    p.add_argument("--dickens-val-tokens", type=int, default=32768, help="dickens: val tokens per evaluation")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the shipped recipes ('' = none)")
     p.add_argument("--variant", action="append", default=[], help="NAME:BASE:key=value,...: an extra recipe")
     p.add_argument("--verbose", action="store_true", help="print each evaluation as it happens")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--cost-rounds", type=int, default=10,
+                   help="shakespeare: interleaved timing rounds of 20 steps per recipe before training (0 = skip)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are 1337 + first_seed + i (one process per seed)")
     p.add_argument("--combine", nargs="+", metavar="DIR", help="report the results.json of earlier --out DIRs together")
     args = p.parse_args()
@@ -376,6 +428,7 @@ def main() -> int:
     print(machine(), flush=True)
 
     results: dict[str, dict[str, list[Run]]] = {}
+    costs: dict[str, dict[str, float]] = {}
     if args.combine:  # merge the runs of earlier invocations (e.g. one process per seed)
         for directory in args.combine:
             saved = json.loads((Path(directory) / "results.json").read_text())
@@ -383,6 +436,9 @@ def main() -> int:
             for part, runs in saved["parts"].items():
                 for name, rs in runs.items():
                     results.setdefault(part, {}).setdefault(name, []).extend(Run(**r) for r in rs)
+            for part, by_recipe in saved.get("costs", {}).items():  # several measurements: the best of them
+                for name, ms in by_recipe.items():
+                    costs.setdefault(part, {})[name] = min(ms, costs.get(part, {}).get(name, math.inf))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             for part in parts:
@@ -396,14 +452,15 @@ def main() -> int:
                 else:
                     data = prepared(Path(args.dickens), "gpt2", cache, encoding="cp437")
                 print(f"{part}: {len(base)} recipes x {args.seeds} seeds on {data}", flush=True)
-                results[part] = run_part(part, base, data, args, Path(tmp))
-        (out / "results.json").write_text(json.dumps({"machine": machine(), "parts": {
+                results[part], costs[part] = run_part(part, base, data, args, Path(tmp))
+        (out / "results.json").write_text(json.dumps({"machine": machine(), "costs": costs, "parts": {
             part: {n: [r.__dict__ for r in rs] for n, rs in runs.items()} for part, runs in results.items()}}))
     print()
     print(machine())
     for part, runs in results.items():
         print()
-        print(report_shakespeare(runs, NANOGPT_VAL_LOSS) if part == "shakespeare" else report_dickens(runs))
+        print(report_shakespeare(runs, NANOGPT_VAL_LOSS, costs.get(part, {})) if part == "shakespeare"
+              else report_dickens(runs))
     plot(results, out / "recipes.png", NANOGPT_VAL_LOSS)
     print(f"\nwrote {out / 'results.json'} and {out / 'recipes.png'}" if not args.combine else
           f"\nwrote {out / 'recipes.png'}")
