@@ -40,18 +40,26 @@ def attention(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_p: fl
                                           enable_gqa=gqa)
 
 
-def Norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
-    """The model's normalisation layer over the last `dim` features (default n_embd)."""
-    dim = dim or config.n_embd
+class RMSNorm(nn.RMSNorm):
+    """torch's RMSNorm, computed in fp32 and cast back (as HF Llama does): under bf16 autocast the mean square keeps
+    full precision, and torch's fused kernel runs (it refuses a bf16 input with an fp32 weight)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
+
+
+def Norm(config: GPTConfig) -> nn.Module:
+    """The model's normalisation layer over the residual stream's n_embd features."""
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
-    return nn.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable,
+        return RMSNorm(config.n_embd, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, elementwise_affine=config.norm_learnable,
                         bias=config.bias and config.norm_learnable)
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (RoFormer): rotates each (i, i + head_dim/2) pair of q and k by position * freq_i,
-    so q.k depends only on the distance between positions. HF Llama's "rotate_half" layout.
+    """Rotary position embedding (RoFormer): rotates each (i, i + head_dim/2) pair of q's and k's features by
+    position * freq_i, so q.k depends only on the distance between positions. HF Llama's "rotate_half" layout.
 
     The angles are recomputed each call (a few thousand sin/cos) rather than stored: no buffer to keep in sync
     across meta-device builds, checkpoints and FSDP."""
@@ -60,14 +68,18 @@ class Rotary(nn.Module):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """x (B, heads, T, head_dim) at positions start .. start+T-1."""
-        T, half = x.size(2), self.head_dim // 2
-        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=x.device).float() / self.head_dim)
-        angles = torch.arange(start, start + T, device=x.device).float()[:, None] * inv_freq[None, :]
-        cos, sin = angles.cos().repeat(1, 2).to(x.dtype), angles.sin().repeat(1, 2).to(x.dtype)
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, heads, T, head_dim) at positions start .. start+T-1."""
+        T, device = q.size(2), q.device
+        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
+        angles = torch.arange(start, start + T, device=device).float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+
+        def rotate(x):
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+        return rotate(q), rotate(k)
 
 
 class CausalSelfAttention(nn.Module):
@@ -79,9 +91,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
-        if config.qk_norm:
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+        self.q_norm = self.k_norm = None
+        if config.qk_norm:  # per head, over head_dim
+            self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps, elementwise_affine=config.norm_learnable)
         self.rotary = Rotary(self.head_dim, config.rope_theta) if config.pos_emb == "rope" else None
         if value_embeds:  # how much of the token's value embedding each kv head takes, from the input: 2*sigmoid
             self.ve_gate = nn.Linear(config.n_embd, self.n_kv_head, bias=False)
@@ -94,14 +107,14 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.split, dim=2)
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))  # (B, T, heads, head_dim)
-        if hasattr(self, "q_norm"):
+        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if ve is not None:
             v = v + 2 * torch.sigmoid(self.ve_gate(x)).unsqueeze(-1) * ve.view_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
+            q, k = self.rotary(q, k, start)
         if cache is None:
             mask, causal = None, True
         else:

@@ -71,8 +71,9 @@ class Trainer:
     """Builds data, model, optimizer and logs from a Config, then `fit()` trains.
 
     Attributes worth knowing when extending it: `raw_model` (the plain GPT, for evaluation, sampling and saving),
-    `model` (what trains: maybe compiled, maybe wrapped), `optimizer`, `scaler` (fp16 only), `loader`, `guard`,
-    `strategy`, `step` (updates done), `accum_steps`, `tokens_per_step`."""
+    `model` (what trains: maybe compiled, maybe wrapped), `optimizer` (a scalegpt.optim.CombinedOptimizer: AdamW,
+    or Muon + AdamW), `scaler` (fp16 only), `loader`, `guard`, `strategy`, `step` (updates done), `max_steps` (None
+    while a time budget is measuring), `accum_steps`, `tokens_per_step`."""
 
     def __init__(self, config: Config, run_dir, resume: bool = False, overwrite: bool = False,
                  strategy: Strategy | None = None, echo=print):
@@ -183,7 +184,8 @@ class Trainer:
         self.raw_model = GPT(self.model_config).to(self.device)
         self.model = self.strategy.wrap_model(self.raw_model, self.precision)
         self.say(f"model: {self.raw_model.num_params():,} parameters ({c.model.n_layer} layers, {c.model.n_head} heads, "
-                 f"{c.model.n_embd} wide, block {c.model.block_size}, vocab {self.model_config.vocab_size})")
+                 f"{c.model.n_embd} wide, block {c.model.block_size}, vocab {self.model_config.vocab_size}"
+                 + "".join(f", {o}" for o in self.model_config.options_changed()) + ")")
         use_compile = c.train.compile == "true" or (c.train.compile == "auto" and self.device.type == "cuda")
         if use_compile:
             # Only the training path is compiled: evaluation and sampling use raw_model, whose variable shapes
@@ -224,7 +226,8 @@ class Trainer:
         from scalegpt.budget import TimeBudget
 
         s = c.schedule
-        self.budget = TimeBudget(c.train.time_budget, self.step, s.kind, s.warmup_steps, s.decay_steps)
+        self.budget = TimeBudget(c.train.time_budget, self.step, s.kind, s.warmup_steps, s.decay_steps,
+                                 c.eval.interval)
         self.max_steps = None
         self.say(f"time budget {c.train.time_budget}: max_steps will be fixed from the speed of updates "
                  f"{self.budget.first}-{self.budget.last} (train.max_steps is ignored)")
@@ -332,12 +335,12 @@ class Trainer:
         try:
             if self.max_steps is not None and self.step >= self.max_steps:
                 self.say(f"already at step {self.step} of {self.max_steps}: nothing to train")
-            if not self.resumed and c.eval.at_start and self.step == 0:
-                with self._paused():
-                    self.evaluate()
-            self.model.train()
             if self.budget is not None:
                 self.budget.start(time.perf_counter())
+            if not self.resumed and c.eval.at_start and self.step == 0:
+                with self._paused(evaluation=True):
+                    self.evaluate()
+            self.model.train()
             while (self.max_steps is None or self.step < self.max_steps) and self.stop_signal is None:
                 loss, norm, lr = self.train_step()
                 if self.budget is not None:
@@ -348,7 +351,7 @@ class Trainer:
                 progress.after_step(loss, norm, lr)
                 last = self.step == self.max_steps
                 if c.eval.interval and (self.step % c.eval.interval == 0 or last):
-                    with self._paused():
+                    with self._paused(evaluation=True):
                         self.evaluate()
                 interval = c.checkpoint.interval
                 if (interval and self.step % interval == 0) or (last and c.checkpoint.at_end) or self.stop_signal:
@@ -378,14 +381,14 @@ class Trainer:
         self.say(budget.describe(self.max_steps))
 
     @contextlib.contextmanager
-    def _paused(self):
+    def _paused(self, evaluation: bool = False):
         """Flush pending train losses first (log order) and keep evaluation time out of the throughput figures."""
         self.progress.flush()
         start = time.perf_counter()
         yield
         self.progress.exclude(time.perf_counter() - start)
         if self.budget is not None:
-            self.budget.exclude(time.perf_counter() - start)
+            self.budget.pause(time.perf_counter() - start, evaluation)
 
     def evaluate(self) -> None:
         """Validation loss on the fixed token budget, HellaSwag when configured, samples; logged at self.step.

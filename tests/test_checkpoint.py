@@ -68,6 +68,23 @@ def test_untied_model_with_every_option_round_trips(tmp_path):
         assert torch.equal(model(idx), loaded.eval()(idx))
 
 
+def test_checkpoint_from_before_the_model_options_loads_and_resumes(tiny_model, tmp_path):
+    from scalegpt.checkpoint import check_compatible
+
+    save_model_dir(tiny_model, tmp_path / "old", tokenizer_spec=CHAR_SPEC)
+    path = tmp_path / "old" / "config.json"
+    config = json.loads(path.read_text())
+    model = config["model"]
+    config["model"] = {k: model[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout",
+                                             "bias", "pad_vocab_multiple")} | {"activation": "gelu_tanh"}
+    path.write_text(json.dumps(config))  # what scalegpt wrote before `mlp` replaced `activation`
+    loaded, _ = load_model_dir(tmp_path / "old")
+    assert loaded.config == tiny_model.config
+    check_compatible(tmp_path / "old", tiny_model.config.to_dict(), CHAR_SPEC, "data")  # resumable: no error
+    with pytest.raises(ScalegptError, match="pos_emb: checkpoint 'learned', config 'rope'"):
+        check_compatible(tmp_path / "old", {**tiny_model.config.to_dict(), "pos_emb": "rope"}, CHAR_SPEC, "data")
+
+
 def test_wrapped_modules_save_plain_names(tiny_model, tmp_path):
     class DDPLike(nn.Module):  # DDP keeps the model as `.module`; torch.compile as `._orig_mod`
         def __init__(self, module):

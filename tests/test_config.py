@@ -176,3 +176,19 @@ def test_shakespeare_preset_is_nanogpt_cpu_recipe():
     assert c.train.max_steps == 2000 and c.schedule.decay_steps == 2000 and c.model.dropout == 0.0
     # nanoGPT's lr is 1e-3; 3e-3 reaches a lower val loss on this model (the preset's header has the sweep).
     assert c.optim.lr == 3e-3 and c.schedule.min_lr_ratio == 0.1 and c.schedule.warmup_steps == 100
+
+
+def test_durations_parse_and_bad_ones_are_named():
+    from scalegpt.config import parse_duration
+
+    assert parse_duration("90s") == 90 and parse_duration("3m") == 180 and parse_duration(" 1.5H ") == 5400
+    assert parse_duration("") == 0
+    for bad in ("3", "3 min", "m", "-1s", "0m"):
+        with pytest.raises(ScalegptError, match="train.time_budget"):
+            parse_duration(bad, "train.time_budget")
+    with pytest.raises(ScalegptError, match="train.time_budget '5x' is not a duration"):
+        load_config(None, [("train.time_budget", "5x")])
+    with pytest.raises(ScalegptError, match="optim.name must be one of adamw | muon"):
+        load_config(None, [("optim.name", "sgd")])
+    with pytest.raises(ScalegptError, match="optim.muon_adjust_lr"):
+        load_config(None, [("optim.muon_adjust_lr", "moonlight")])

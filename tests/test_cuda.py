@@ -82,6 +82,33 @@ def test_compiled_forward_matches_eager():
     torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
 
 
+MODERN = dict(pos_emb="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, n_head=4, n_kv_head=2,
+              tie_embeddings=False, value_embeds=True, residual_scalars=True, embed_norm=True, logit_softcap=15.0,
+              bias=False)
+
+
+def test_all_model_options_train_in_bf16_and_compile_like_eager():
+    from scalegpt.optim import build_optimizer
+
+    model = _model(**MODERN)
+    x, y = _batch()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager, compiled = model(x, y), torch.compile(model)(x, y)
+        plain = torch.nn.functional.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
+    torch.testing.assert_close(compiled, eager, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(plain, eager, atol=2e-2, rtol=2e-2)  # softcap inside the fused loss, in bf16
+    opt, _ = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cuda")
+    losses = []
+    for _ in range(4):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert all(map(torch.isfinite, map(torch.tensor, losses))) and losses[-1] < losses[0]
+
+
 def test_kv_cache_greedy_equals_no_cache_greedy_on_cuda():
     from scalegpt.generate import generate_tokens
 

@@ -162,6 +162,31 @@ def test_ddp_and_fsdp_match_one_process(setup, fsdp_run):
     assert model.config.n_embd == 32
 
 
+# Every [model] switch away from GPT-2 (docs/training.md#model-options).
+ALL_MODEL_OPTIONS = ["--model.pos_emb", "rope", "--model.norm", "rmsnorm", "--model.mlp", "relu2", "--model.qk_norm",
+                     "true", "--model.n_kv_head", "1", "--model.tie_embeddings", "false", "--model.zero_init", "true",
+                     "--model.value_embeds", "true", "--model.residual_scalars", "true", "--model.embed_norm", "true",
+                     "--model.logit_softcap", "15", "--model.bias", "false", "--train.max_steps", "6",
+                     "--checkpoint.interval", "6", "--eval.interval", "6"]
+
+
+@pytest.fixture(scope="module")
+def single_with_all_options(setup):
+    out = setup["root"] / "single-options"
+    train(1, out, *ALL_MODEL_OPTIONS, data=setup["data"], config=setup["config"])
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_all_model_options_match_one_process(setup, single_with_all_options, strategy):
+    out = setup["root"] / f"{strategy}-options"
+    r = train(2, out, *ALL_MODEL_OPTIONS, "--dist.strategy", strategy, "--dist.activation_checkpointing",
+              str(strategy == "fsdp").lower(), data=setup["data"], config=setup["config"])
+    assert f"parallelism: {strategy} over 2 ranks" in r.stdout
+    assert_same_curve(train_losses(single_with_all_options), train_losses(out), range(1, 7))
+    assert_same_weights(single_with_all_options / "checkpoints/step_000006", out / "checkpoints/step_000006")
+
+
 def _resume_from_step_10(src: Path, dst: Path) -> None:
     import shutil
 
@@ -198,6 +223,88 @@ def test_ddp_resume_with_dropout_is_exact(setup):
     train(2, root / "drop_resumed", "--resume", "--dist.strategy", "ddp", data=setup["data"], config=config)
     full, resumed = train_losses(root / "drop"), train_losses(root / "drop_resumed")
     assert [full[s] for s in range(11, 21)] == [resumed[s] for s in range(11, 21)]
+
+
+MUON = ["--optim.name", "muon", "--train.max_steps", "12", "--checkpoint.interval", "6"]
+
+
+def assert_close_weights(dir_a: Path, dir_b: Path, atol: float) -> None:
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(dir_a / "model.safetensors")), load_file(str(dir_b / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.fixture(scope="module")
+def muon_runs(setup):
+    root = setup["root"]
+    for name, nproc, args in (("muon_single", 1, []), ("muon_ddp", 2, ["--dist.strategy", "ddp"]),
+                              ("muon_fsdp", 2, ["--dist.strategy", "fsdp"])):
+        r = train(nproc, root / name, *MUON, *args, data=setup["data"], config=setup["config"])
+        assert "optimizer group muon: Muon" in r.stdout
+    return root
+
+
+def assert_muon_close(root: Path, a: str, b: str, steps) -> None:
+    """Muon's Newton-Schulz iteration runs in bf16 and amplifies the last-bit differences of a gradient reduced in
+    another order, so weights agree less tightly than AdamW's (measured over 12 steps: losses within 7e-6, weights
+    within 7e-3 under DDP and FSDP). A Muon that orthogonalised each rank's shard of a matrix on its own fails both
+    checks (measured on this config: losses 8e-4 apart from step 2 on, weights 0.10)."""
+    la, lb = train_losses(root / a), train_losses(root / b)
+    for s in steps:
+        assert abs(la[s] - lb[s]) <= 1e-4 * abs(la[s]), f"step {s}: {la[s]} vs {lb[s]}"
+    assert_close_weights(root / a / "checkpoints/step_000012", root / b / "checkpoints/step_000012", atol=0.03)
+
+
+def test_muon_under_ddp_and_fsdp_matches_one_process(muon_runs):
+    """DDP: torch's Muon orthogonalises the all-reduced full gradients. FSDP2: the matrices are row-sharded DTensors,
+    and FullMatrixMuon gathers each one and applies torch's Muon update to the full matrix."""
+    for other in ("muon_ddp", "muon_fsdp"):
+        assert_muon_close(muon_runs, "muon_single", other, range(1, 13))
+    state = torch.load(muon_runs / "muon_fsdp/checkpoints/step_000012/train_state.pt", weights_only=True)
+    assert state["optimizer"] is None  # both optimizers' shards are in dcp/
+    saved = S.read_dcp_metadata(muon_runs / "muon_fsdp/checkpoints/step_000012/dcp")
+    assert any(k.endswith("mlp.c_fc.weight.momentum_buffer") for k in saved)  # Muon's state
+    assert any(k.endswith("wte.weight.exp_avg") for k in saved)  # AdamW's
+
+
+def test_muon_under_fsdp_with_all_model_options_matches_one_process(setup):
+    """Value-embedding gates of n_kv_head = 1 row (fewer rows than ranks: one rank's shard is empty), an untied head,
+    value embeddings and scalars in AdamW's part."""
+    root = setup["root"]
+    for name, nproc, args in (("muon_options_single", 1, []),
+                              ("muon_options_fsdp", 2, ["--dist.strategy", "fsdp", "--dist.activation_checkpointing",
+                                                        "true"])):
+        r = train(nproc, root / name, *ALL_MODEL_OPTIONS, "--optim.name", "muon", *args, data=setup["data"],
+                  config=setup["config"])
+        assert "9 tensors" in r.stdout.split("optimizer group muon")[1].splitlines()[0]  # 4 per block + 1 ve_gate
+    a, b = train_losses(root / "muon_options_single"), train_losses(root / "muon_options_fsdp")
+    for s in range(1, 7):
+        assert abs(a[s] - b[s]) <= 1e-4 * abs(a[s]), f"step {s}: {a[s]} vs {b[s]}"
+    assert_close_weights(root / "muon_options_single/checkpoints/step_000006",
+                         root / "muon_options_fsdp/checkpoints/step_000006", atol=0.03)
+
+
+def test_muon_checkpoints_cross_between_fsdp_and_one_process(setup, muon_runs):
+    """FSDP's sharded Muon + AdamW state resumes in one process, and a one-process checkpoint at 2 FSDP ranks."""
+    import shutil
+
+    root = muon_runs
+    for src, dst, nproc, args in (("muon_fsdp", "muon_fsdp_to_1", 1, []),
+                                  ("muon_single", "muon_1_to_fsdp", 2, ["--dist.strategy", "fsdp"])):
+        shutil.copytree(root / src, root / dst)
+        shutil.rmtree(root / dst / "checkpoints/step_000012")
+        r = train(nproc, root / dst, *MUON, *args, "--resume", data=setup["data"], config=setup["config"])
+        assert "at step 6" in r.stdout
+        assert_muon_close(root, "muon_single", dst, range(7, 13))
+    # the sharded state of Muon + AdamW does not fit an AdamW-only run: one line, not a DCP traceback
+    shutil.copytree(root / "muon_fsdp", root / "muon_fsdp_as_adamw")
+    r = run([sys.executable, "-m", "scalegpt", "train", "--out", root / "muon_fsdp_as_adamw", "--resume",
+             "--optim.name", "adamw", "--train.max_steps", "14"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "the optimizer state does not fit this run" in r.stderr and "was optim.name changed?" in r.stderr
 
 
 def _children(pid: int) -> list[int]:

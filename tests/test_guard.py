@@ -246,12 +246,15 @@ def test_trainer_skips_nan_loss_and_nan_grad_steps(char_data, tmp_path):
     assert skips[1]["skipped_total"] == 2
 
 
-def test_a_skipped_step_leaves_weights_and_optimizer_untouched(char_data, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_skipped_step_leaves_weights_and_optimizer_untouched(char_data, tmp_path, optimizer):
     from scalegpt.checkpoint import load_model_dir
     from scalegpt.train import Trainer
     from scalegpt.checkpoint import load_state
 
-    trainer = Trainer(_tiny_run_config(char_data, 3), tmp_path / "run", echo=lambda s: None)
+    config = _tiny_run_config(char_data, 3)
+    config.optim.name = optimizer
+    trainer = Trainer(config, tmp_path / "run", echo=lambda s: None)
     _poison(trainer, {3}, "loss")
     trainer.fit()
     ckpts = tmp_path / "run" / "checkpoints"
@@ -259,8 +262,10 @@ def test_a_skipped_step_leaves_weights_and_optimizer_untouched(char_data, tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
     opt_before = load_state(ckpts / "step_000002")["optimizer"]["state"]
     opt_after = load_state(ckpts / "step_000003")["optimizer"]["state"]
-    assert all(torch.equal(opt_before[i]["exp_avg"], opt_after[i]["exp_avg"]) for i in opt_after)
-    assert all(torch.equal(opt_before[i]["step"], opt_after[i]["step"]) for i in opt_after)
+    assert opt_before.keys() == opt_after.keys()
+    # AdamW's step count and moments, Muon's momentum buffer: every tensor of the state as it was
+    assert all(torch.equal(opt_before[i][k], opt_after[i][k]) for i in opt_after for k in opt_after[i])
+    assert any("momentum_buffer" in s for s in opt_after.values()) == (optimizer == "muon")
     assert all(p.grad is None for p in trainer.raw_model.parameters())  # nothing leaks into the next step
 
 

@@ -313,10 +313,13 @@ def test_rope_scores_depend_only_on_relative_position():
     from scalegpt.model import Rotary
 
     rotary, q, k = Rotary(16, 10000.0), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)
-    scores = rotary(q) @ rotary(k).transpose(-1, -2)
-    shifted = rotary(q, start=37) @ rotary(k, start=37).transpose(-1, -2)
-    torch.testing.assert_close(shifted, scores, rtol=1e-4, atol=1e-4)
-    assert (rotary(q, start=3) - rotary(q)).abs().max() > 0.1  # absolute positions do move q itself
+
+    def scores(start):
+        rq, rk = rotary(q, k, start)
+        return rq @ rk.transpose(-1, -2)
+
+    torch.testing.assert_close(scores(37), scores(0), rtol=1e-4, atol=1e-4)
+    assert (rotary(q, k, 3)[0] - rotary(q, k, 0)[0]).abs().max() > 0.1  # absolute positions do move q itself
     # HF Llama's layout (rotate_half), the one the Llama/Qwen3 exporter relies on.
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
@@ -324,8 +327,9 @@ def test_rope_scores_depend_only_on_relative_position():
     hf = LlamaRotaryEmbedding(LlamaConfig(hidden_size=32, num_attention_heads=2, head_dim=16, rope_theta=10000.0))
     cos, sin = hf(q, torch.arange(5, 11)[None])
     want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
-    torch.testing.assert_close(rotary(q, start=5), want_q, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(rotary(k, start=5), want_k, rtol=1e-5, atol=1e-5)
+    got_q, got_k = rotary(q, k, 5)
+    torch.testing.assert_close(got_q, want_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_k, want_k, rtol=1e-5, atol=1e-5)
 
 
 def test_kv_cache_with_rope_gqa_and_all_options_matches_full_forward():

@@ -1,4 +1,5 @@
-"""AdamW decay groups and the learning-rate schedules (pure functions of the step)."""
+"""AdamW decay groups, Muon + AdamW in one CombinedOptimizer, and the learning-rate schedules (pure functions of the
+step)."""
 from __future__ import annotations
 
 import math
@@ -6,8 +7,19 @@ import math
 import pytest
 import torch
 
+from scalegpt.config import OptimSection
 from scalegpt.errors import ScalegptError
-from scalegpt.optim import build_optimizer, constant_lr, cosine_lr, decay_groups, lr_at, wsd_lr
+from scalegpt.optim import (
+    build_optimizer, build_optimizers, constant_lr, cosine_lr, decay_groups, lr_at, muon_matrices, wsd_lr,
+)
+
+
+def _fake_step(model, optimizer, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def test_decay_groups_split_by_rank(tiny_model):
@@ -77,3 +89,100 @@ def test_lr_at_dispatch_and_floor_ratio():
     assert math.isclose(lr_at(0, "cosine", 1e-3, 0.1, 0, 2000), 1e-3)  # no warmup: the peak at once
     with pytest.raises(ScalegptError, match="schedule.kind"):
         lr_at(0, "linear", 1e-3, 0.1, 100, 2000)
+
+
+def test_muon_steps_the_block_matrices_and_adamw_the_rest(tiny_model):
+    optimizer, lines = build_optimizers(tiny_model, OptimSection(name="muon", muon_lr=0.03, muon_weight_decay=0.01),
+                                        "cpu")
+    muon, adamw = optimizer.parts["muon"], optimizer.parts["adamw"]
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    in_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    expected = sorted(f"transformer.h.{i}.{m}.weight" for i in range(tiny_model.config.n_layer)
+                      for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert in_muon == expected
+    in_adamw = [names[id(p)] for g in adamw.param_groups for p in g["params"]]
+    # the embeddings and the (tied) head, norms and biases, each exactly once, none of Muon's
+    assert "transformer.wte.weight" in in_adamw and "transformer.wpe.weight" in in_adamw
+    assert not set(in_adamw) & set(in_muon) and len(in_adamw) + len(in_muon) == len(names)
+    assert len(lines) == 3
+    assert lines[2] == ("optimizer group muon: Muon (momentum 0.95, Nesterov, adjust_lr original), 8 tensors, "
+                        f"{sum(p.numel() for p in muon_matrices(tiny_model)):,} parameters, lr 0.03, weight decay 0.01")
+    assert lines[0].startswith("optimizer group decay: AdamW (fused), 2 tensors") and "lr 0.0006" in lines[0]
+
+
+def test_adamw_only_state_is_torchs_own_format(tiny_model):
+    """Checkpoints written before Muon existed held torch.optim.AdamW's state_dict: it must load unchanged."""
+    optimizer, _ = build_optimizers(tiny_model, OptimSection(), "cpu")
+    assert list(optimizer.parts) == ["adamw"]
+    _fake_step(tiny_model, optimizer, 0)
+    state = optimizer.state_dict()
+    reference = optimizer.parts["adamw"].state_dict()
+    assert state["param_groups"] == reference["param_groups"] and state["state"].keys() == reference["state"].keys()
+    fresh, _ = build_optimizers(tiny_model, OptimSection(), "cpu")
+    fresh.load_state_dict(reference)
+    assert torch.equal(fresh.parts["adamw"].state_dict()["state"][3]["exp_avg"], reference["state"][3]["exp_avg"])
+
+
+def test_combined_state_round_trip_continues_identically(tiny_model):
+    import copy
+
+    config = OptimSection(name="muon")
+    optimizer, _ = build_optimizers(tiny_model, config, "cpu")
+    for seed in range(2):
+        _fake_step(tiny_model, optimizer, seed)
+    state = copy.deepcopy(optimizer.state_dict())
+    assert len(state["param_groups"]) == 3 and [g["name"] for g in state["param_groups"]] == ["decay", "no_decay",
+                                                                                               "muon"]
+    twin = copy.deepcopy(tiny_model)
+    resumed, _ = build_optimizers(twin, config, "cpu")
+    resumed.load_state_dict(state)
+    for seed in (2, 3):
+        _fake_step(tiny_model, optimizer, seed)
+        _fake_step(twin, resumed, seed)
+    for (name, a), b in zip(tiny_model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
+    # an AdamW-only state does not fit a Muon run (and the reverse): refused, naming the likely cause
+    adamw_only, _ = build_optimizers(twin, OptimSection(), "cpu")
+    with pytest.raises(ValueError, match=r"optim.name changed"):
+        adamw_only.load_state_dict(state)
+
+
+def test_set_lr_puts_each_part_on_one_schedule_at_its_own_peak(tiny_model):
+    optimizer, _ = build_optimizers(tiny_model, OptimSection(name="muon", lr=1e-3, muon_lr=0.02), "cpu")
+    optimizer.set_lr(lambda peak: lr_at(0, "cosine", peak, 0.1, 4, 100))
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"decay": pytest.approx(2.5e-4), "no_decay": pytest.approx(2.5e-4), "muon": pytest.approx(5e-3)}
+
+
+def test_muon_orthogonalises_each_matrix_update(tiny_model):
+    """One Muon step from zero momentum moves each matrix by lr x sqrt(max(1, rows/cols)) x an orthogonalised
+    gradient: singular values near 1 (Newton-Schulz in bf16 gives roughly 0.5-1.5), whatever the gradient's scale."""
+    optimizer, _ = build_optimizers(tiny_model, OptimSection(name="muon", muon_lr=0.01), "cpu")
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    for p in tiny_model.parameters():
+        p.grad = 1000 * torch.randn_like(p)
+    optimizer.set_lr(lambda peak: peak)
+    optimizer.step()
+    w = tiny_model.transformer.h[0].mlp.c_fc.weight  # (128, 32): rows/cols = 4
+    update = (before["transformer.h.0.mlp.c_fc.weight"] - w.detach()) / (0.01 * 2.0)
+    s = torch.linalg.svdvals(update)
+    assert 0.4 < s.min() and s.max() < 1.6, s
+
+
+def test_muon_selection_with_modern_model_options():
+    """Value embeddings, residual scalars, an untied head and RMSNorm gains stay with AdamW; every Linear weight in
+    the blocks (value-embedding gates included) is Muon's."""
+    from scalegpt.model import GPT, preset_config
+
+    model = GPT(preset_config("tiny", vocab_size=100, pos_emb="rope", norm="rmsnorm", mlp="relu2", value_embeds=True,
+                              residual_scalars=True, tie_embeddings=False, bias=False))
+    optimizer, _ = build_optimizers(model, OptimSection(name="muon"), "cpu")
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for p in optimizer.parts["muon"].param_groups[0]["params"]}
+    adamw = {names[id(p)] for g in optimizer.parts["adamw"].param_groups for p in g["params"]}
+    assert muon == {n for n in names.values() if n.startswith("transformer.h.") and "ln_" not in n}
+    assert "transformer.h.1.attn.ve_gate.weight" in muon
+    assert {"transformer.wte.weight", "lm_head.weight", "transformer.value_embeds.1.weight",
+            "transformer.resid_lambdas", "transformer.x0_lambdas", "transformer.ln_f.weight"} <= adamw
+    assert muon.isdisjoint(adamw) and len(muon) + len(adamw) == len(names)

@@ -1,6 +1,8 @@
 """The README's main job, shortened: `scalegpt quickstart` prepares the stdlib sources, trains, samples, reports."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 # Shorter evaluations than the preset's: the path is the same, the minutes are not.
@@ -55,7 +57,26 @@ def test_quickstart_modern_trains_the_modern_preset(tmp_path, run_cli, data_dir)
     assert 'pos_emb = "rope"' in config and 'mlp = "relu2"' in config
 
 
+def test_quickstart_trains_for_a_time_budget(tmp_path, run_cli, data_dir):
+    """The preset trains for train.time_budget (--time-budget overrides it); --max-steps switches it off."""
+    from scalegpt.config import load_config
+    from scalegpt.cli.quickstart_cmd import QUICKSTART_CONFIG
+
+    assert load_config(QUICKSTART_CONFIG).train.time_budget == "2m"
+    rc, out, err = run_cli("quickstart", "--recipe", "shakespeare", "--input", data_dir / "tinyshakespeare.txt",
+                           "--time-budget", "2s", "--out", tmp_path / "run", "--data-dir", tmp_path / "data", *FAST,
+                           "--set", "eval.interval=0", "--set", "model.n_layer=1", "--set", "model.n_embd=32")
+    assert rc == 0, err
+    assert "quickstart: training for 2s of steps (train.time_budget)" in out
+    decided = re.search(r"time budget 2s: measured .* -> max_steps = (\d+)", out)
+    assert decided, out
+    assert re.search(rf"quickstart done in \d+ s: {decided.group(1)} steps \(time budget 2s\)", out)
+    rc, _, err = run_cli("quickstart", "--time-budget", "2s", "--max-steps", "3", "--out", tmp_path / "other")
+    assert rc == 2 and "--max-steps and --time-budget contradict each other" in err
+
+
 @pytest.mark.parametrize("args, message", [(["--max-steps", "0"], "--max-steps must be >= 1"),
+                                           (["--time-budget", "3"], "train.time_budget '3' is not a duration"),
                                            (["--input", "/nonexistent/corpus"], "/nonexistent/corpus"),
                                            (["--set", "optim.lrr=1"], "did you mean 'optim.lr'")])
 def test_quickstart_bad_input(tmp_path, run_cli, args, message):

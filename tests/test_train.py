@@ -118,6 +118,8 @@ def test_existing_run_dir_is_never_clobbered(tmp_path, tiny_data, run_cli):
     ({"train.seq_len": 64}, "train.seq_len (64) is larger than the model's block_size (32)"),
     ({"data.dir": ""}, "data.dir is not set"),
     ({"model.vocab_size": 10}, "model.vocab_size (10) is smaller than the dataset's tokenizer vocabulary"),
+    ({"train.time_budget": "1m", "schedule.decay_steps": 0},
+     "train.time_budget needs the throughput measured inside the warmup"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, tiny_data, run_cli, overrides, message):
     args = cli_args(tiny_data, tmp_path / "run", **{k.replace(".", "__"): v for k, v in overrides.items()})
@@ -155,8 +157,9 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_data):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_fp16_grad_scaler_skips_overflow_then_steps(tmp_path, tiny_data):
-    trainer = make_trainer(tiny_data, tmp_path / "run", train__precision="fp16")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_fp16_grad_scaler_skips_overflow_then_steps(tmp_path, tiny_data, optimizer):
+    trainer = make_trainer(tiny_data, tmp_path / "run", train__precision="fp16", optim__name=optimizer)
     assert trainer.scaler is not None and trainer.scaler.is_enabled()
     weights = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)  # any real gradient overflows fp16 at this scale
@@ -233,3 +236,21 @@ def test_modern_shakespeare_recipe_trains(tmp_path, tiny_data):
     vals = [v["loss"] for v in vals if v["kind"] == "val"]
     assert result.step == 40 and len(vals) == 2
     assert vals[-1] < vals[0] - 1.0, vals  # from ~ln(65) = 4.2 at the start
+
+
+def test_time_budget_fixes_max_steps_and_the_last_step_is_evaluated(tmp_path, tiny_data, run_cli):
+    run = tmp_path / "run"
+    rc, out, err = run_cli("train", *cli_args(tiny_data, run, train__time_budget="1s", schedule__warmup_steps=12,
+                                              schedule__decay_steps=0, eval__interval=1000, checkpoint__interval=0,
+                                              train__max_steps=100000, optim__name="muon"))
+    assert rc == 0, err
+    assert "max_steps will be fixed from the speed of updates 3-10 (train.max_steps is ignored)" in out
+    found = re.search(r"time budget 1s: measured [\d.]+ ms/step over 8 steps and [\d.]+ s per evaluation every "
+                      r"1000 steps -> max_steps = (\d+)\n", out)
+    assert found, out
+    max_steps = int(found.group(1))
+    assert 10 <= max_steps < 100000
+    lines = (run / "log.txt").read_text().splitlines()
+    assert lines[-1].startswith(f"{max_steps} val")  # "evaluate at the last step" follows the fixed max_steps
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step_{max_steps:06d}"]
+    assert load_config(run / "checkpoints" / f"step_{max_steps:06d}" / "train_config.toml").train.max_steps == max_steps

@@ -140,6 +140,10 @@ def check_compatible(directory: Path, model_config: dict, tokenizer_spec: dict, 
     if saved.get("tokenizer") is not None:  # first: another tokenizer also shows up as another vocab_size below
         check_same_tokenizer(saved["tokenizer"], tokenizer_spec, f"checkpoint {directory}", f"data {data_dir}")
     saved_model = saved.get("model") or {}
+    try:  # a checkpoint from before a [model] field existed has that field's (GPT-2) default; old key names map
+        saved_model = GPTConfig.from_dict(saved_model).to_dict()
+    except (ScalegptError, TypeError):
+        pass  # compared as written: the difference is named below
     differ = [f"{k}: checkpoint {saved_model.get(k)!r}, config {v!r}" for k, v in model_config.items()
               if k != "dropout" and saved_model.get(k) != v]
     if differ:

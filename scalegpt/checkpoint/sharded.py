@@ -232,5 +232,13 @@ def load_dcp(model: nn.Module, optimizer, directory) -> None:
     if extra:
         raise ScalegptError(f"{directory}: checkpoint has weights this model lacks: {extra[:3]}")
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, storage_reader=_safe_reader(directory), no_dist=not dist.is_initialized())
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=_safe_reader(directory), no_dist=not dist.is_initialized())
+    except (RuntimeError, KeyError, CheckpointException) as e:  # the weights were checked above: the optimizer's state
+        cause = next(iter(e.failures.values()), e) if isinstance(e, CheckpointException) else e
+        cause = cause[0] if isinstance(cause, tuple) else cause  # DCP keeps (exception, traceback) per rank
+        raise ScalegptError(f"{directory}: the optimizer state does not fit this run ("
+                            f"{str(cause).strip().splitlines()[0]}); was optim.name changed?") from None
     set_state_dict(inner, torch_optimizers(optimizer), model_state_dict=state["model"], optim_state_dict=state["optim"])

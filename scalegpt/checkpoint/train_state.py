@@ -3,7 +3,7 @@
     RUN_DIR/checkpoints/step_000500/
         model.safetensors   weights (the unwrapped module's names), readable by `scalegpt sample/export --checkpoint`
         config.json         model config + tokenizer spec
-        train_state.pt      optimizer, step, GradScaler, data-loader position, RNG states, guard counters
+        train_state.pt      optimizer, step, GradScaler, data-loader position, RNG states, guard counters, time budget
         train_config.toml   the resolved training config
 
 `train_state.pt` holds only tensors, numbers, strings, lists and dicts, so it is read with

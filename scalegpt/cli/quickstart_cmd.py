@@ -1,9 +1,10 @@
-"""scalegpt quickstart [--modern] [--recipe stdlib|shakespeare] [--input FILE_OR_DIR...] [--out RUN_DIR] [--max-steps N]
+"""scalegpt quickstart [--modern] [--recipe stdlib|shakespeare] [--input FILE_OR_DIR...] [--out RUN_DIR] [--time-budget 2m]
 
 The whole path in one command, offline, on CPU: prepare a corpus (by default the Python standard library's own source
 files, present wherever Python is), train the shipped quickstart preset (scalegpt/configs/quickstart.toml; with
 --modern quickstart-modern.toml: RoPE, RMSNorm, ReLU^2, QK-norm, untied head, Muon), sample, and say where everything
-is."""
+is. The preset trains for a time budget (train.time_budget), not a step count, so it takes about as long on a fast
+machine as on a slow one; the fast one simply trains more steps."""
 from __future__ import annotations
 
 import shlex
@@ -29,7 +30,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     p.add_argument("--data-dir", default=None, help="where the prepared tokens go (default data/quickstart-NAME)")
     p.add_argument("--tokenizer", default="char", help="char (default: fast and readable on CPU), gpt2, or a path")
-    p.add_argument("--max-steps", type=int, default=None, help="train for fewer (or more) steps than the preset")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="train for this long instead of the preset's budget, e.g. 90s, 5m (evaluation adds a little)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="train for exactly N steps instead of a time budget (the same run on every machine)")
     p.add_argument("--device", default=None, help="cpu (default in the preset), cuda, mps")
     p.add_argument("--sample-tokens", type=int, default=400, help="length of the final sample")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -118,6 +122,8 @@ def run_quickstart(args) -> int:
         raise ScalegptError(f"{preset}: preset not found (quickstart runs from a source checkout: pip install -e .)")
     if args.max_steps is not None and args.max_steps < 1:
         raise ScalegptError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.max_steps is not None and args.time_budget is not None:
+        raise ScalegptError("--max-steps and --time-budget contradict each other; pass one")
     if args.sample_tokens < 1:
         raise ScalegptError(f"--sample-tokens must be >= 1, got {args.sample_tokens}")
     started = time.time()
@@ -128,7 +134,9 @@ def run_quickstart(args) -> int:
     data_dir = Path(args.data_dir or Path("data") / f"quickstart-{name}")
     overrides = [("data.dir", str(data_dir)), ("eval.prompt", prompt)]
     if args.max_steps is not None:
-        overrides.append(("train.max_steps", str(args.max_steps)))
+        overrides += [("train.max_steps", str(args.max_steps)), ("train.time_budget", "")]
+    if args.time_budget is not None:
+        overrides.append(("train.time_budget", args.time_budget))
     if args.device is not None:
         overrides.append(("train.device", args.device))
     for item in args.set:
@@ -138,6 +146,10 @@ def run_quickstart(args) -> int:
         overrides.append((key.strip(), value))
     config = load_config(preset, overrides)  # every bad value fails here, before any work
     prepare_data(inputs, data_dir, args.tokenizer, args.overwrite)
+    budget = config.train.time_budget
+    if budget:
+        print(f"quickstart: training for {budget} of steps (train.time_budget): the step count follows this machine's "
+              "speed, so a fast and a slow machine take about the same time (--max-steps N for a fixed count)")
     trainer = Trainer(config, args.out, overwrite=args.overwrite)
     result = trainer.fit()
     if result.stopped_by is not None:
@@ -146,8 +158,9 @@ def run_quickstart(args) -> int:
                       seed=config.train.seed, device=trainer.device)[0]
     run = Path(args.out)
     print("\n" + "=" * 72)
-    print(f"quickstart done in {time.time() - started:.0f} s: {result.step} steps, "
-          f"val loss {result.val_loss:.4f}" if result.val_loss is not None else f"{result.step} steps")
+    steps = f"{result.step} steps" + (f" (time budget {budget})" if budget else "")
+    print(f"quickstart done in {time.time() - started:.0f} s: {steps}, "
+          f"val loss {result.val_loss:.4f}" if result.val_loss is not None else steps)
     print(f"  checkpoint: {result.checkpoint}")
     print(f"  log:        {run / 'log.txt'}")
     print(f"  plot:       {run / 'loss.png'}")

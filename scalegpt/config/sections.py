@@ -93,6 +93,12 @@ class GPTConfig:
             return math.ceil(8 * self.n_embd / 3 / 64) * 64
         return 4 * self.n_embd
 
+    def options_changed(self) -> list[str]:
+        """`key=value` for each architecture switch (pos_emb .. residual_scalars) set away from its GPT-2 default."""
+        names = [f.name for f in fields(self)]
+        switches = fields(self)[names.index("pos_emb"):]  # declared last, from pos_emb on
+        return [f"{f.name}={getattr(self, f.name)}" for f in switches if getattr(self, f.name) != f.default]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
