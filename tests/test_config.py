@@ -109,10 +109,56 @@ def test_cli_unknown_option_is_one_line_with_a_suggestion(run_cli):
     assert rc == 2 and "--train.max_steps: expected int, got 'ten'" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["gpt2-124m", "shakespeare-char", "quickstart"])
-def test_presets_load(name):
-    config = load_config(CONFIGS / f"{name}.toml")
+SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.toml"))
+
+
+def test_shipped_presets_include_the_modern_recipes():
+    assert {"gpt2-124m", "shakespeare-char", "quickstart", "shakespeare-char-modern", "quickstart-modern",
+            "llama-125m", "llama-350m"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_preset_loads_and_builds(name):
+    """Every preset loads, its model and optimizer build (on the meta device: shapes only), and a parameter count
+    stated in its header ("# N = ... in the blocks + ...") is the model's own."""
+    import dataclasses
+    import re
+
+    import torch
+
+    from scalegpt.model import GPT
+    from scalegpt.optim import build_optimizers
+
+    path = CONFIGS / f"{name}.toml"
+    config = load_config(path)
     assert config.train.global_batch_tokens % (config.train.seq_len or config.model.block_size) == 0
+    model_config = dataclasses.replace(config.model, vocab_size=config.model.vocab_size or 50257)
+    with torch.device("meta"):
+        model = GPT(model_config)
+        optimizer, lines = build_optimizers(model, config.optim, "cpu")
+    assert len(lines) == (3 if config.optim.name == "muon" else 2)  # AdamW decay + no-decay groups (+ Muon)
+    stated = re.search(r"^# ([\d,]+) = ", path.read_text(encoding="utf-8"), re.MULTILINE)
+    if stated:
+        assert model.num_params() == int(stated.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("name", ["llama-125m", "llama-350m"])
+def test_gpu_presets_are_llama_shaped(name):
+    """What `scalegpt export` needs for LlamaForCausalLM: RoPE, learned RMSNorm, SwiGLU, no bias, no extras."""
+    m = load_config(CONFIGS / f"{name}.toml").model
+    assert (m.pos_emb, m.norm, m.mlp, m.bias, m.norm_learnable) == ("rope", "rmsnorm", "swiglu", False, True)
+    assert not (m.qk_norm or m.embed_norm or m.value_embeds or m.residual_scalars or m.logit_softcap)
+    assert not m.tie_embeddings and load_config(CONFIGS / f"{name}.toml").optim.name == "muon"
+
+
+def test_modern_shakespeare_keeps_the_data_shape_and_batch_of_the_gpt2_recipe():
+    """The benchmark compares the two recipes on the same data, context and tokens per step."""
+    gpt2, modern = load_config(CONFIGS / "shakespeare-char.toml"), load_config(CONFIGS / "shakespeare-char-modern.toml")
+    for key in ("n_layer", "n_embd", "block_size"):
+        assert getattr(gpt2.model, key) == getattr(modern.model, key)
+    assert (gpt2.train.global_batch_tokens, gpt2.train.micro_batch_size) == (modern.train.global_batch_tokens,
+                                                                             modern.train.micro_batch_size)
+    assert modern.model.pos_emb == "rope" and modern.optim.name == "muon"
 
 
 def test_gpt2_preset_is_build_nanogpt_recipe():

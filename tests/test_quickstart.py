@@ -48,6 +48,15 @@ def test_quickstart_own_files_and_shakespeare_are_one_flag_away(tmp_path, run_cl
     assert rc == 0, err
 
 
+def test_quickstart_modern_trains_the_modern_preset(tmp_path, run_cli, data_dir):
+    rc, out, err = run_cli("quickstart", "--modern", "--input", data_dir / "tinyshakespeare.txt", "--max-steps", "3",
+                           "--out", tmp_path / "run", "--data-dir", tmp_path / "data", *FAST)
+    assert rc == 0, err
+    assert "Muon (momentum" in out  # configs/quickstart-modern.toml's optimizer
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert 'pos_emb = "rope"' in config and 'mlp = "relu2"' in config
+
+
 def test_quickstart_trains_for_a_time_budget(tmp_path, run_cli, data_dir):
     """The preset trains for train.time_budget (--time-budget overrides it); --max-steps switches it off."""
     from scalegpt.config import load_config

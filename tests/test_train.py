@@ -220,6 +220,24 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, tiny_data):
     assert int(train_lines[-1].split()[0]) == step
 
 
+def test_modern_shakespeare_recipe_trains(tmp_path, tiny_data):
+    """configs/shakespeare-char-modern.toml as shipped (RoPE, RMSNorm, ReLU^2, QK-norm, untied head, Muon, ...),
+    shortened to 40 steps on the fixture: it learns (the benchmark measures how fast; see bench_recipes.py)."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    config = load_config(configs / "shakespeare-char-modern.toml", [
+        ("data.dir", str(tiny_data)), ("train.max_steps", "40"), ("schedule.warmup_steps", "5"),
+        ("eval.interval", "40"), ("eval.tokens", "8192"), ("eval.samples", "0"), ("checkpoint.interval", "0"),
+        ("log.plot", "false"), ("log.progress", "false"), ("train.device", "cpu")])
+    trainer = Trainer(config, tmp_path / "run", echo=lambda *_: None)
+    assert "transformer.wpe.weight" not in dict(trainer.raw_model.named_parameters())  # RoPE: no position table
+    assert "muon" in trainer.optimizer.parts
+    result = trainer.fit()
+    vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [v["loss"] for v in vals if v["kind"] == "val"]
+    assert result.step == 40 and len(vals) == 2
+    assert vals[-1] < vals[0] - 1.0, vals  # from ~ln(65) = 4.2 at the start
+
+
 def test_time_budget_fixes_max_steps_and_the_last_step_is_evaluated(tmp_path, tiny_data, run_cli):
     run = tmp_path / "run"
     rc, out, err = run_cli("train", *cli_args(tiny_data, run, train__time_budget="1s", schedule__warmup_steps=12,

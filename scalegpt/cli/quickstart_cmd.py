@@ -1,9 +1,10 @@
-"""scalegpt quickstart [--recipe stdlib|shakespeare] [--input FILE_OR_DIR...] [--out RUN_DIR] [--time-budget 2m]
+"""scalegpt quickstart [--modern] [--recipe stdlib|shakespeare] [--input FILE_OR_DIR...] [--out RUN_DIR] [--time-budget 2m]
 
 The whole path in one command, offline, on CPU: prepare a corpus (by default the Python standard library's own source
-files, present wherever Python is), train the shipped quickstart preset (scalegpt/configs/quickstart.toml), sample, and
-say where everything is. The preset trains for a time budget (train.time_budget), not a step count, so it takes about
-as long on a fast machine as on a slow one; the fast one simply trains more steps."""
+files, present wherever Python is), train the shipped quickstart preset (scalegpt/configs/quickstart.toml; with
+--modern quickstart-modern.toml: RoPE, RMSNorm, ReLU^2, QK-norm, untied head, Muon), sample, and say where everything
+is. The preset trains for a time budget (train.time_budget), not a step count, so it takes about as long on a fast
+machine as on a slow one; the fast one simply trains more steps."""
 from __future__ import annotations
 
 import shlex
@@ -13,6 +14,7 @@ from pathlib import Path
 
 STDLIB_MAX_BYTES = 4_000_000  # the top-level stdlib modules, sorted by name, up to this size: a few minutes of data
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.toml"  # package data
+MODERN_CONFIG = QUICKSTART_CONFIG.with_name("quickstart-modern.toml")
 
 
 def register(sub) -> None:
@@ -20,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--recipe", choices=["stdlib", "shakespeare"], default="stdlib",
                    help="stdlib: the Python standard library's *.py files (default); shakespeare: Tiny Shakespeare "
                         "(give --input PATH/tinyshakespeare.txt when offline)")
+    p.add_argument("--modern", action="store_true",
+                   help="train the modern recipe (configs/quickstart-modern.toml: RoPE, RMSNorm, ReLU^2, QK-norm, "
+                        "untied head, Muon) instead of GPT-2's")
     p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_DIR",
                    help="train on these text files or folders instead")
     p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
@@ -112,9 +117,9 @@ def run_quickstart(args) -> int:
     from scalegpt.generate import generate
     from scalegpt.train import Trainer, exit_code
 
-    if not QUICKSTART_CONFIG.is_file():
-        raise ScalegptError(f"{QUICKSTART_CONFIG}: preset not found (quickstart runs from a source checkout: "
-                            "pip install -e .)")
+    preset = MODERN_CONFIG if args.modern else QUICKSTART_CONFIG
+    if not preset.is_file():
+        raise ScalegptError(f"{preset}: preset not found (quickstart runs from a source checkout: pip install -e .)")
     if args.max_steps is not None and args.max_steps < 1:
         raise ScalegptError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.max_steps is not None and args.time_budget is not None:
@@ -139,7 +144,7 @@ def run_quickstart(args) -> int:
         if not eq:
             raise ScalegptError(f"--set {item}: expected SECTION.KEY=VALUE")
         overrides.append((key.strip(), value))
-    config = load_config(QUICKSTART_CONFIG, overrides)  # every bad value fails here, before any work
+    config = load_config(preset, overrides)  # every bad value fails here, before any work
     prepare_data(inputs, data_dir, args.tokenizer, args.overwrite)
     budget = config.train.time_budget
     if budget:

@@ -1,0 +1,40 @@
+"""Benchmark scripts run end to end in their --quick form (the measurements themselves are not tests)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_recipes_quick_runs_every_recipe_and_reports(tmp_path, data_dir):
+    text = str(data_dir / "tinyshakespeare.txt")  # stands in for Dickens too: the script prepares it with gpt2
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_recipes.py"), "--quick", "--seeds", "1",
+                           "--shakespeare", text, "--dickens", text, "--out", str(tmp_path / "out"),
+                           "--cache", str(tmp_path / "cache")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "AVX-512 BF16:" in out and "torch " in out
+    for heading in ("val loss at equal steps", "val loss at equal training time", "training time to reach val loss",
+                    "val bits per byte"):
+        assert heading in out
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["parts"]
+    assert set(saved["shakespeare"]) == {"nanoGPT", "GPT-2", "modern"} and set(saved["dickens"]) == {"GPT-2", "modern"}
+    for runs in (*saved["shakespeare"].values(), *saved["dickens"].values()):
+        (run,) = runs
+        assert run["steps"][0] == 0 and run["steps"][-1] >= 1 and len(run["val"]) == len(run["train_s"])
+        assert all(b > a for a, b in zip(run["train_s"], run["train_s"][1:]))  # training time only grows
+        assert run["val"][-1] < run["val"][0]  # a few steps already learn something
+    assert saved["shakespeare"]["nanoGPT"][0]["precision"] == "fp32"  # nanoGPT's own recipe runs in fp32
+    assert (tmp_path / "out" / "recipes.png").stat().st_size > 10_000
+    # --combine reports saved runs together without training again
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_recipes.py"), "--combine",
+                           str(tmp_path / "out"), str(tmp_path / "out"), "--out", str(tmp_path / "both")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "± " in proc.stdout and (tmp_path / "both" / "recipes.png").is_file()
