@@ -96,9 +96,8 @@ def check_model_type(hf: dict, source) -> str:
 
 
 def hf_config_to_gpt(hf: dict, source) -> GPTConfig:
-    """GPTConfig from a HF GPT-2 config.json dict; anything GPT-2 allows that our model does not compute is an error."""
-    if check_model_type(hf, source) != "gpt2":
-        raise ScalegptError(f"{source}: model_type {hf['model_type']!r} is not GPT-2")
+    """GPTConfig from a HF GPT-2 config.json dict (model_type already checked by check_model_type); anything GPT-2
+    allows that our model does not compute is an error."""
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         if not isinstance(hf.get(key), int):
             raise ScalegptError(f"{source}: '{key}' must be an integer, got {hf.get(key)!r}")
