@@ -44,6 +44,12 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """The ids of `text` where it continues a longer text that was cut just before a whitespace character
+        following a non-whitespace one (how `prepare` spreads one long file over workers). GPT-2's pre-tokenizer
+        and characters never span such a point, so this is plain `encode`; SentencePiece overrides it."""
+        return self.encode(text)
+
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
@@ -195,6 +201,28 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         return self.sp.encode(list(texts), num_threads=num_threads)
+
+    def encode_continuation(self, text: str) -> list[int]:
+        # SentencePiece treats every call as a new sentence: it adds the dummy-prefix "▁" (add_dummy_prefix) and,
+        # with remove_extra_whitespaces, strips the leading whitespace, so a piece from the middle of a file would
+        # gain or lose a "▁" at its start. Behind a non-whitespace anchor the piece is normalised and split into
+        # words exactly as inside the whole text (the anchor is a word of its own: the piece starts with
+        # whitespace), so the anchor's ids are dropped from the front.
+        if not text[:1].isspace():
+            return self.encode(text)  # a forced cut inside a word (no whitespace for 1M characters): inexact anyway
+        anchor = self._anchor_ids()
+        ids = self.sp.encode(self._ANCHOR + text)
+        if ids[:len(anchor)] != anchor:
+            raise ScalegptError(f"{self.source}: this SentencePiece model does not split words at whitespace; "
+                                f"scalegpt prepare cannot spread a long file over workers with it")
+        return ids[len(anchor):]
+
+    _ANCHOR = "x"
+
+    def _anchor_ids(self) -> list[int]:
+        if not hasattr(self, "_anchor"):
+            self._anchor = self.sp.encode(self._ANCHOR)
+        return self._anchor
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
