@@ -3,9 +3,10 @@
     evaluate_loss(model, batches)  -> {"loss": mean cross-entropy per target token, "perplexity": exp(loss),
                                        "tokens": number of target tokens}
     evaluate_loss(model, batches, byte_lengths=token_byte_lengths(tok))
-                                   -> the same plus "bytes" (UTF-8 bytes of the decoded targets) and
-                                      "bpb" = sum of token NLL (nats) / ln 2 / bytes: bits per byte, comparable
-                                      across tokenizers
+                                   -> the same plus "bytes" (UTF-8 bytes of the documents' text the targets
+                                      stand for: end-of-text ids 0, SentencePiece's dummy-prefix space not
+                                      counted) and "bpb" = sum of target NLL (nats, end-of-text targets
+                                      included) / ln 2 / bytes: bits per byte, comparable across tokenizers
 
 The same function serves `scalegpt eval loss` and the training loop. Under torch.distributed every rank evaluates its
 own batches and the token-weighted sums are all-reduced, so every rank returns the global figure.
@@ -61,8 +62,8 @@ def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_
                   byte_lengths=None) -> dict:
     """Token-weighted mean cross-entropy of the model over batches of (x, y) int64 (B, T); targets -1 are ignored.
 
-    byte_lengths: bytes per token id (`scalegpt.tokenizer.token_byte_lengths`); with it the result also has
-    "bytes" and "bpb" (bits per byte).
+    byte_lengths: `scalegpt.tokenizer.token_byte_lengths(tok)` (or a plain table of bytes per token id); with it
+    the result also has "bytes" and "bpb" (bits per byte).
 
     The model runs in eval() under torch.no_grad() and is put back in its previous mode afterwards."""
     autocast = autocast if autocast is not None else contextlib.nullcontext()
@@ -70,7 +71,13 @@ def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_
     synced = reduce_across_ranks and world > 1
     # [sum of losses, number of target tokens, number of target bytes]
     total = torch.zeros(3, dtype=torch.float64, device=device)
-    table = None if byte_lengths is None else torch.as_tensor(byte_lengths, dtype=torch.float64, device=device)
+    table = doc_start_table = None
+    if byte_lengths is not None:
+        per_token = getattr(byte_lengths, "per_token", byte_lengths)
+        table = torch.as_tensor(per_token, dtype=torch.float64, device=device)
+        if getattr(byte_lengths, "at_doc_start", None) is not None:
+            doc_start_table = torch.as_tensor(byte_lengths.at_doc_start, dtype=torch.float64, device=device)
+            eot_id = byte_lengths.eot_id
     with eval_mode(model):
         for batch in in_lockstep(model, batches, device, autocast, synced):
             x, y = (t.to(device, non_blocking=True) for t in batch)
@@ -82,7 +89,10 @@ def evaluate_loss(model, batches: Iterable, device="cpu", autocast=None, reduce_
             kept = y != -1
             total[1] += kept.sum()
             if table is not None:
-                total[2] += table[y[kept]].sum()
+                n_bytes = table[y[kept]]
+                if doc_start_table is not None:  # a target right after an end-of-text input starts a document
+                    n_bytes = torch.where(x[kept] == eot_id, doc_start_table[y[kept]], n_bytes)
+                total[2] += n_bytes.sum()
     if synced:
         import torch.distributed as dist
 

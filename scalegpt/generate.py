@@ -44,11 +44,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already hold top_p of the mass; the first always stays.
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        # transformers' TopPLogitsWarper, step for step, so that the same logits keep the same set: ascending sort
+        # (among tied logits the highest ids come last, so they are the ones kept), drop a token when the tokens
+        # ranked below it, itself included, hold at most 1 - top_p of the mass; the top token always stays.
+        sorted_logits, order = torch.sort(logits, descending=False)
+        drop_sorted = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop_sorted[..., -1:] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 

@@ -107,8 +107,9 @@ def _worker_init(spec: dict) -> None:
         _WORKER_TOK = tokenizer_from_spec(spec)
 
 
-def _encode_texts(texts: list[str], dtype: str, tok: Tokenizer | None = None) -> list[np.ndarray]:
-    """Token arrays of the texts. `tok` is given in thread mode, None in a worker process."""
+def _encode_texts(texts: list[tuple[str, bool]], dtype: str, tok: Tokenizer | None = None) -> list[np.ndarray]:
+    """Token arrays of (text, continues) pairs: `continues` marks a piece that carries on the document of the piece
+    before it. `tok` is given in thread mode, None in a worker process."""
     in_thread = tok is not None and threading.current_thread() is not threading.main_thread()
     tok = tok or _WORKER_TOK
     enc = getattr(tok, "enc", None)
@@ -117,8 +118,9 @@ def _encode_texts(texts: list[str], dtype: str, tok: Tokenizer | None = None) ->
         # allowed nor disallowed, this is exactly encode_ordinary ("<|endoftext|>" in a document stays text).
         # Not in threads: unlike encode_ordinary, it keeps the GIL while it works.
         return [enc.encode_to_numpy(t, allowed_special=set(), disallowed_special=()).astype(dtype, copy=False)
-                for t in texts]
-    return [np.asarray(tok.encode(t), dtype=dtype) for t in texts]
+                for t, _ in texts]
+    return [np.asarray(tok.encode_continuation(t) if continues else tok.encode(t), dtype=dtype)
+            for t, continues in texts]
 
 
 class OrderedPool:
@@ -176,10 +178,10 @@ def _batches(pieces):
         group.append(p)
         size += len(p.text)
         if size >= BATCH_CHARS:
-            yield group, [q.text for q in group]
+            yield group, [(q.text, not q.new_doc) for q in group]
             group, size = [], 0
     if group:
-        yield group, [q.text for q in group]
+        yield group, [(q.text, not q.new_doc) for q in group]
 
 
 # ------------------------------------------------------------------------------------------------------- the job

@@ -4,7 +4,8 @@ Every reader streams. A source yields `Piece`s: a piece of text and whether it s
 one text file, or one record of a JSON-lines/parquet file, or one HF row. Long text files are cut into pieces of about
 `piece_chars` characters, always just before a whitespace character that follows a non-whitespace one: GPT-2's
 pre-tokenizer never lets a pre-token span such a point, so tokenizing the pieces one by one gives exactly the tokens of
-the whole file (for `char` any cut is exact; a SentencePiece model sees each piece as a new sentence).
+the whole file (for `char` any cut is exact; SentencePiece encodes a piece behind an anchor word so that it is not
+taken for a new sentence: `Tokenizer.encode_continuation`).
 """
 from __future__ import annotations
 

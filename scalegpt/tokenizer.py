@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -43,6 +44,12 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """The ids of `text` where it continues a longer text that was cut just before a whitespace character
+        following a non-whitespace one (how `prepare` spreads one long file over workers). GPT-2's pre-tokenizer
+        and characters never span such a point, so this is plain `encode`; SentencePiece overrides it."""
+        return self.encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
@@ -196,6 +203,28 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         return self.sp.encode(list(texts), num_threads=num_threads)
 
+    def encode_continuation(self, text: str) -> list[int]:
+        # SentencePiece treats every call as a new sentence: it adds the dummy-prefix "▁" (add_dummy_prefix) and,
+        # with remove_extra_whitespaces, strips the leading whitespace, so a piece from the middle of a file would
+        # gain or lose a "▁" at its start. Behind a non-whitespace anchor the piece is normalised and split into
+        # words exactly as inside the whole text (the anchor is a word of its own: the piece starts with
+        # whitespace), so the anchor's ids are dropped from the front.
+        if not text[:1].isspace():
+            return self.encode(text)  # a forced cut inside a word (no whitespace for 1M characters): inexact anyway
+        anchor = self._anchor_ids()
+        ids = self.sp.encode(self._ANCHOR + text)
+        if ids[:len(anchor)] != anchor:
+            raise ScalegptError(f"{self.source}: this SentencePiece model does not split words at whitespace; "
+                                f"scalegpt prepare cannot spread a long file over workers with it")
+        return ids[len(anchor):]
+
+    _ANCHOR = "x"
+
+    def _anchor_ids(self) -> list[int]:
+        if not hasattr(self, "_anchor"):
+            self._anchor = self.sp.encode(self._ANCHOR)
+        return self._anchor
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
@@ -319,21 +348,62 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
     return tok
 
 
-def token_byte_lengths(tok: Tokenizer) -> list[int]:
-    """UTF-8 bytes of every token id, as `decode` writes it: the table behind bits per byte (bpb).
+@dataclass(frozen=True)
+class TextBytes:
+    """Bytes of the documents' text that each target token stands for: the denominator of bits per byte.
 
-    gpt2: tiktoken's bytes of the token (the end-of-text id decodes to the 13 bytes of "<|endoftext|>");
-    char: len(char.encode()) (the end-of-text id decodes to "\\n", 1 byte); SentencePiece: the piece's bytes with
-    "\u2581" as a space, a byte-fallback piece "<0xNN>" is 1 byte, control pieces (BOS/EOS) 0, the unknown piece
-    the bytes of what `decode` writes for it. (SentencePiece's decode drops the space of the very first "\u2581"
-    of a text; a target sequence that starts at a word start is counted with it, as part of the running text.)"""
+    per_token[i]: UTF-8 bytes id i adds inside a document, as `decode` writes it; the end-of-text id adds 0 for
+        every tokenizer (it is a boundary, not text: counting its decoded form would add 13 bytes per document
+        for gpt2's "<|endoftext|>" and 1 for char's "\n").
+    at_doc_start[i]: the same for id i right after an end-of-text id (the first token of a document). It differs
+        only for SentencePiece models with a dummy prefix: the "▁" they add before a document's first word is not
+        in the text (their `decode` drops it there), so it counts one byte less. None when equal to per_token."""
+
+    per_token: tuple[int, ...]
+    eot_id: int
+    at_doc_start: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.per_token)
+
+    def __getitem__(self, token_id: int) -> int:
+        return self.per_token[token_id]
+
+    def count(self, ids: Sequence[int]) -> int:
+        """Text bytes of a token sequence that starts at a document start or right after an end-of-text id."""
+        total, after_eot = 0, True
+        for i in ids:
+            table = self.at_doc_start if after_eot and self.at_doc_start is not None else self.per_token
+            total += table[i]
+            after_eot = i == self.eot_id
+        return total
+
+
+def token_byte_lengths(tok: Tokenizer) -> TextBytes:
+    """The bits-per-byte table of a tokenizer (`TextBytes`): bytes of document text per token id.
+
+    gpt2: tiktoken's bytes of the token; char: len(char.encode()); SentencePiece: the piece's bytes with "\u2581" as a
+    space, a byte-fallback piece "<0xNN>" 1 byte, control pieces (BOS/EOS) 0, the unknown piece the bytes `decode`
+    writes for it, and a document's first piece without the dummy-prefix space. The end-of-text id is 0 bytes."""
     key = spec_fingerprint(tok.spec())
     if key not in _BYTE_TABLES:
-        _BYTE_TABLES[key] = _byte_table(tok)
-    return list(_BYTE_TABLES[key])
+        per_token = list(_byte_table(tok))
+        per_token[tok.eot_id] = 0
+        at_doc_start = None
+        if isinstance(tok, SentencePieceTokenizer) and _has_dummy_prefix(tok):
+            at_doc_start = tuple(n - 1 if tok.sp.id_to_piece(i).startswith("\u2581") and n > 0 else n
+                                 for i, n in enumerate(per_token))
+        _BYTE_TABLES[key] = TextBytes(tuple(per_token), tok.eot_id, at_doc_start)
+    return _BYTE_TABLES[key]
 
 
-_BYTE_TABLES: dict[str, tuple[int, ...]] = {}  # computed once per tokenizer and process (gpt2: ~0.1 s)
+_BYTE_TABLES: dict[str, TextBytes] = {}  # computed once per tokenizer and process (gpt2: ~0.1 s)
+
+
+def _has_dummy_prefix(tok: "SentencePieceTokenizer") -> bool:
+    """Does the model put a "▁" before a text's first word (add_dummy_prefix)? Seen from its own encoding."""
+    pieces = tok.sp.encode("a", out_type=str)
+    return bool(pieces) and pieces[0].startswith("\u2581")
 
 
 def _byte_table(tok: Tokenizer) -> tuple[int, ...]:

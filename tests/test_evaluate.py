@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,33 +184,75 @@ def test_cli_eval_loss_rejects_another_tokenizer(run_cli, tmp_path, char_dataset
 BPB_TEXT = "Héllo, wörld! 日本語のテキスト 😀 and plain ASCII text.\nSecond line, naïve café."
 
 
-def _direct_bytes(tok, ids):
-    """Bytes of the decoded targets, counted by decoding the whole sequence (SentencePiece: after an anchor piece,
-    since its decode drops the space of a text's first word)."""
-    if tok.kind == "sentencepiece":
-        anchor = tok.encode("x")[-1:]
-        return len(tok.decode(anchor + ids).encode()) - len(tok.decode(anchor).encode())
-    return len(tok.decode(ids).encode())
+def _text_tokenizer(kind, tmp_path, shakespeare_text):
+    from scalegpt.tokenizer import get_tokenizer, train_sentencepiece
+
+    if kind == "char":
+        return get_tokenizer("char", text=BPB_TEXT + shakespeare_text[:3000])
+    if kind == "sentencepiece":
+        (tmp_path / "c.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")
+        return get_tokenizer(str(train_sentencepiece([tmp_path / "c.txt"], 400, tmp_path / "sp")))
+    return get_tokenizer(kind)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "char", "sentencepiece"])
-def test_byte_table_matches_decoding(kind, tmp_path, shakespeare_text):
-    from scalegpt.tokenizer import get_tokenizer, token_byte_lengths, train_sentencepiece
+def test_byte_table_counts_the_documents_text_only(kind, tmp_path, shakespeare_text):
+    # Bits per byte must compare across tokenizers: the bytes are those of the documents' own text, whatever
+    # the tokenizer writes for its end-of-text id or adds in front of a document (SentencePiece's dummy "▁").
+    from scalegpt.tokenizer import token_byte_lengths
 
-    if kind == "char":
-        tok = get_tokenizer("char", text=BPB_TEXT + shakespeare_text[:3000])
-    elif kind == "sentencepiece":
-        (tmp_path / "c.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")
-        tok = get_tokenizer(str(train_sentencepiece([tmp_path / "c.txt"], 400, tmp_path / "sp")))
-    else:
-        tok = get_tokenizer(kind)
+    tok = _text_tokenizer(kind, tmp_path, shakespeare_text)
     table = token_byte_lengths(tok)
-    assert len(table) == tok.vocab_size
+    assert len(table) == tok.vocab_size and table[tok.eot_id] == 0
     for text in (BPB_TEXT, shakespeare_text[:3000], " leading space", "end."):
-        ids = tok.encode(text) + [tok.eot_id] + tok.encode(text[:20])
-        assert sum(table[i] for i in ids) == _direct_bytes(tok, ids), text[:30]
+        docs = [text, text[:20], shakespeare_text[5000:5300]]
+        ids = [i for d in docs for i in [tok.eot_id] + tok.encode(d)]
+        assert [tok.decode(tok.encode(d)) for d in docs] == docs  # these tokenizers are lossless
+        assert table.count(ids) == sum(len(d.encode("utf-8")) for d in docs), text[:30]
     if kind == "sentencepiece":  # byte-fallback pieces: the CJK and the emoji are not in its vocabulary
-        assert any(tok.sp.is_byte(i) for i in tok.encode(BPB_TEXT))
+        assert any(tok.sp.is_byte(i) for i in tok.encode(BPB_TEXT)) and table.at_doc_start is not None
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "char", "sentencepiece"])
+def test_bits_per_byte_on_multi_document_data(kind, tmp_path, shakespeare_text):
+    # Recomputed independently: NLL of every target (end-of-text ones too: where a document ends is information
+    # the model must code) over the UTF-8 bytes of the documents alone.
+    from scalegpt.prepare import prepare
+    from scalegpt.tokenizer import token_byte_lengths
+
+    tok = _text_tokenizer(kind, tmp_path, shakespeare_text)
+    docs = [shakespeare_text[i * 700:(i + 1) * 700 - i * 37] for i in range(12)] + [BPB_TEXT]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    spec = {"char": "char", "gpt2": "gpt2"}.get(kind, str(tmp_path / "sp.model"))
+    meta = prepare([src], tmp_path / "ds", spec, val_fraction=0, progress=False)
+    from scalegpt.data import open_dataset
+
+    tok = open_dataset(tmp_path / "ds", "train").tokenizer()
+    ids = np.concatenate([np.load(tmp_path / "ds" / s["file"]) for s in meta["splits"]["train"]["shards"]])
+    ids = torch.as_tensor(ids.astype(np.int64))
+    assert sorted(tok.decode(d) for d in _split_at(ids.tolist(), tok.eot_id)) == sorted(docs)
+    torch.manual_seed(0)
+    model = GPT(preset_config("tiny", vocab_size=tok.vocab_size, block_size=len(ids)))
+    x, y = ids[:-1].unsqueeze(0), ids[1:].unsqueeze(0)
+    result = evaluate_loss(model, [(x, y)], byte_lengths=token_byte_lengths(tok))
+    with torch.no_grad():
+        nll = F.cross_entropy(model(x)[0].double(), y[0], reduction="sum").item()
+    text_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    assert result["bytes"] == text_bytes
+    assert result["bpb"] == pytest.approx(nll / math.log(2) / text_bytes, rel=1e-6)
+
+
+def _split_at(ids, eot):
+    docs, cur = [], None
+    for i in ids:
+        if i == eot:
+            if cur is not None:
+                docs.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    return docs + [cur]
 
 
 def test_evaluate_loss_bits_per_byte(tiny_model):

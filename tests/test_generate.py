@@ -292,3 +292,23 @@ def test_cli_interactive_streams_until_eof(run_cli, char_checkpoint, char_tok, c
     assert rc == 0, err
     expected = [p + generate(char_model, char_tok, p, 6, temperature=0)[0] for p in ("All", "", "Speak")]
     assert out == "".join(e + "\n" for e in expected)
+
+
+def test_top_k_and_top_p_keep_the_same_set_as_transformers_on_tied_logits():
+    # Where the nucleus ends inside a group of tied logits, which of them stay must be transformers' choice (its
+    # TopPLogitsWarper sorts ascending and keeps the last ones), so the same logits give the same kept set.
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    gen = torch.Generator().manual_seed(0)
+    for vocab in (8, 65, 257, 50257):
+        for trial in range(8):
+            levels = torch.randn(6, generator=gen) * 2
+            logits = levels[torch.randint(0, 6, (2, vocab), generator=gen)]  # 6 values only: ties everywhere
+            top_k = [None, 5][trial % 2] if vocab > 8 else None
+            for top_p in (0.1, 0.5, 0.9):
+                expected = logits.clone()
+                if top_k is not None:
+                    expected = TopKLogitsWarper(top_k)(None, expected)
+                expected = TopPLogitsWarper(top_p)(None, expected)
+                got = filter_logits(logits, top_k=top_k, top_p=top_p)
+                assert torch.equal(torch.isinf(got), torch.isinf(expected)), (vocab, trial, top_k, top_p)

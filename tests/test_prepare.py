@@ -420,3 +420,38 @@ def test_progress_bar_reports_documents_and_tokens(tmp_path, capsys):
     prepare([f], tmp_path / "o", "gpt2", progress=True)
     err = capsys.readouterr().err
     assert "prepare: 100%" in err and "docs=" in err and "tokens=" in err and "tok/s=" in err
+
+
+@pytest.mark.parametrize("options", [
+    "scalegpt",  # `scalegpt tokenizer train`: identity normalisation, whitespace kept
+    {"model_type": "unigram", "normalization_rule_name": "identity", "remove_extra_whitespaces": False,
+     "byte_fallback": True},
+    {"model_type": "bpe"},  # sentencepiece's defaults: NFKC, whitespace squeezed (a typical downloaded .model)
+])
+def test_sentencepiece_pieces_tokenize_exactly_like_the_whole_file(tmp_path, monkeypatch, options):
+    # A long file is cut into pieces just before whitespace; SentencePiece must not see each piece as a new
+    # sentence (an extra or a missing "▁" at every cut). Reference: sentencepiece's own processor on the whole text.
+    import sentencepiece as spm
+
+    from scalegpt.tokenizer import train_sentencepiece
+
+    text = SHAKESPEARE.read_text()
+    sample = tmp_path / "sample.txt"
+    sample.write_text(text[:300_000])
+    if options == "scalegpt":
+        model = train_sentencepiece([sample], 500, tmp_path / "sp")
+    else:
+        spm.SentencePieceTrainer.train(input=str(sample), model_prefix=str(tmp_path / "sp"), vocab_size=500,
+                                       eos_id=2, minloglevel=2, **options)
+        model = tmp_path / "sp.model"
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    monkeypatch.setattr(sources, "PIECE_CHARS", 40_000)  # ~25 cuts in Tiny Shakespeare
+    monkeypatch.setattr(prep, "BATCH_CHARS", 60_000)
+    cut = int(len(text) * 0.9)
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        prepare([SHAKESPEARE], out, str(model), workers=workers, progress=False)
+        assert tokens(out, "train").tolist() == [2] + sp.encode(text[:cut])
+        assert tokens(out, "val").tolist() == [2] + sp.encode(text[cut:])
+        if options != {"model_type": "bpe"}:  # NFKC and squeezed whitespace are lossy by design
+            assert documents(out) == [text[:cut]]
