@@ -259,6 +259,11 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
             pytest.fail(f"SLURM did not come up in 60 s: {info.stdout} {info.stderr}")
         yield env
     finally:
+        subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True)
+        deadline = time.time() + 30
+        while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() and \
+                time.time() < deadline:
+            time.sleep(0.5)
         for pidfile in ("slurmd.pid", "slurmctld.pid"):
             if (d / pidfile).exists():
                 os.kill(int((d / pidfile).read_text()), signal.SIGTERM)
@@ -272,7 +277,7 @@ def test_slurm_executor_on_a_real_single_node_cluster_gives_the_local_bytes(corp
     out = tmp_path / "slurm"
     done = subprocess.run([sys.executable, "-m", "scalegpt", *map(str, common), "--out", str(out), "--executor",
                            "slurm", "--workers", "2", "--slurm-partition", "debug", "--slurm-time", "00:10:00",
-                           "--slurm-sbatch-args", "--comment=scalegpt-test"],
+                           "--slurm-sbatch-args=--comment=scalegpt-test"],
                           capture_output=True, text=True, env=slurm_cluster, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "submitted the SLURM jobs" in done.stdout
@@ -281,9 +286,10 @@ def test_slurm_executor_on_a_real_single_node_cluster_gives_the_local_bytes(corp
                  "#SBATCH --array=0-2%2", "#SBATCH --comment=scalegpt-test"):
         assert line in script
     deadline = time.time() + 180
-    while not (out / "meta.json").exists() and time.time() < deadline:
+    queue = "?"
+    while queue and time.time() < deadline:  # the task array, the merge job and datatrove's stats job
         time.sleep(0.5)
-    queue = subprocess.run(["squeue", "-h"], env=slurm_cluster, capture_output=True, text=True).stdout
-    assert (out / "meta.json").exists(), f"no dataset after 180 s; queue: {queue}"
+        queue = subprocess.run(["squeue", "-h"], env=slurm_cluster, capture_output=True, text=True).stdout.strip()
+    assert (out / "meta.json").exists(), f"no dataset after the jobs ended; queue: {queue}"
     assert shard_bytes(out) == shard_bytes(tmp_path / "local")
     assert json.loads((out / "meta.json").read_text())["executor"] == "slurm"

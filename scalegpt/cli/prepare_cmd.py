@@ -66,8 +66,8 @@ def register(sub) -> None:
     scale.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
     scale.add_argument("--slurm-time", default="24:00:00", help="time limit per task (default 24:00:00)")
     scale.add_argument("--slurm-cpus", type=_int, default=1, help="CPUs per task (default 1)")
-    scale.add_argument("--slurm-sbatch-args", metavar="ARGS", help='extra #SBATCH options, e.g. "--account=a '
-                                                                   '--qos=high"')
+    scale.add_argument("--slurm-sbatch-args", metavar="ARGS", help='extra #SBATCH options, e.g. '
+                       '--slurm-sbatch-args="--account=a --qos=high" (with "=": the value starts with --)')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
