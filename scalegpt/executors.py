@@ -69,6 +69,13 @@ def task_share(units: list, rank: int, tasks: int) -> list:
     return units[rank * len(units) // tasks:(rank + 1) * len(units) // tasks]
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (a task's log line: it stays flat as the corpus grows)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _task_dir(partial: Path, rank: int) -> Path:
     return partial / "tasks" / f"{rank:05d}"
 
@@ -101,7 +108,8 @@ def run_task(plan: dict, rank: int, world_size: int) -> dict:
         tokens = s["train"]["num_tokens"] + s["val"]["num_tokens"]
         logger.info(f"task {rank}/{world_size}: {len(share)} unit(s) from {share[0].path} to {share[-1].path}: "
                     f"{tokens:,} tokens in {len(s['train']['shards'])} train + {len(s['val']['shards'])} val shards, "
-                    f"{time.time() - t0:.1f} s, {tokens / max(1e-9, time.time() - t0):,.0f} tokens/s")
+                    f"{time.time() - t0:.1f} s, {tokens / max(1e-9, time.time() - t0):,.0f} tokens/s, "
+                    f"peak RSS {_peak_rss_mb():.0f} MB")
     else:
         out.mkdir(parents=True, exist_ok=True)
         logger.info(f"task {rank}/{world_size}: no input units (more tasks than units)")
