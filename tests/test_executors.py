@@ -116,13 +116,14 @@ def test_sigkilled_task_is_redone_alone_with_the_same_bytes_and_task_count_is_ke
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "scalegpt", *map(str, args), "--tasks", "3", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+                            start_new_session=True)
     midway = out / ".partial" / "tasks" / "00001" / ".partial" / "train_000005.npy"
     deadline = time.time() + 120
     while not midway.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "prepare ended before task 1 could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the task and datatrove's manager process, as a lost node would
     proc.wait()
     assert not (out / "meta.json").exists() and not list(out.glob("*.npy"))
     assert (out / ".prepare-logs" / "completions" / "00000").exists()
