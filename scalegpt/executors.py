@@ -297,7 +297,8 @@ def check_ray_address(address: str | None) -> None:
 
 def prepare_with_executor(inputs, out, tokenizer: str = "gpt2", *, executor: str = "local", tasks: int | None = None,
                           workers: int = 1, ray_address: str | None = None, slurm: dict | None = None,
-                          overwrite: bool = False, command: list[str] | None = None, **options) -> dict | None:
+                          overwrite: bool = False, command: list[str] | None = None, quiet: bool = False,
+                          **options) -> dict | None:
     """Plan, run the tasks on the executor, merge. Returns the dataset's meta, or None for SLURM (jobs submitted:
     the merge runs as a job of its own after them)."""
     if executor not in EXECUTORS:
@@ -329,17 +330,39 @@ def prepare_with_executor(inputs, out, tokenizer: str = "gpt2", *, executor: str
         raise
     step = TokenizeShards(plan)
     logs, tasks = plan["logs"], plan["tasks"]
-    if executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
+    real_stderr = sys.stderr
+    sys.stderr = _Console(real_stderr, quiet)
+    try:
+        if executor == "local":
+            from datatrove.executor import LocalPipelineExecutor
 
-        LocalPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logs,
-                              start_method="fork").run()
-    elif executor == "ray":
-        _run_ray(step, plan, workers, ray_address, logs)
-    else:
-        submit_slurm(step, plan, workers, logs, slurm or {})
-        return None
+            LocalPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logs,
+                                  start_method="fork").run()
+        elif executor == "ray":
+            _run_ray(step, plan, workers, ray_address, logs)
+        else:
+            submit_slurm(step, plan, workers, logs, slurm or {})
+            return None
+    finally:
+        sys.stderr = real_stderr
     return merge(plan)
+
+
+class _Console:
+    """Stands in for sys.stderr while the executor runs. datatrove's task loggers write to sys.stderr as it is when
+    a task starts; a failed task's traceback (it is in the task's log file) and, with --quiet, everything, stay off
+    the console, where the CLI prints the error as one line."""
+
+    def __init__(self, real, quiet: bool):
+        self.real, self.quiet = real, quiet
+
+    def write(self, text: str) -> int:
+        if self.quiet or "| ERROR    |" in text:
+            return len(text)
+        return self.real.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
 
 def _run_ray(step, plan: dict, workers: int, address: str | None, logs: str) -> None:

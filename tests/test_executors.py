@@ -294,3 +294,19 @@ def test_slurm_executor_on_a_real_single_node_cluster_gives_the_local_bytes(corp
     assert (out / "meta.json").exists(), f"no dataset after the jobs ended; queue: {queue}"
     assert shard_bytes(out) == shard_bytes(tmp_path / "local")
     assert json.loads((out / "meta.json").read_text())["executor"] == "slurm"
+
+
+def test_bad_input_in_one_task_is_one_line_and_no_dataset(run_cli, corpus, tmp_path):
+    with open(corpus / "b.jsonl", "a") as f:
+        f.write("{not json\n")
+    out = tmp_path / "o"
+    rc, _, err = run_cli("prepare", "--input", corpus, "--out", out, "--executor", "local", "--tasks", 3, "--quiet")
+    assert rc == 2 and err.strip().count("\n") == 0 and "b.jsonl:16: not valid JSON" in err
+    assert not (out / "meta.json").exists() and not list(out.glob("*.npy"))
+    assert "not valid JSON" in (out / ".prepare-logs" / "logs" / "task_00000.log").read_text()  # b.jsonl: unit 1
+    rc, _, err = run_cli("prepare", "--input", corpus, "--out", out, "--executor", "local", "--tasks", 3)
+    assert rc == 2 and "Traceback" not in err and err.strip().splitlines()[-1].endswith("(Expecting property name "
+                                                                                         "enclosed in double quotes "
+                                                                                         "at column 2)")
+    rc, _, err = run_cli("prepare", "--input", corpus, "--out", out, "--tasks", 3)
+    assert rc == 2 and "--tasks splits the work between the tasks of an --executor" in err

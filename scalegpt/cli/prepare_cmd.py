@@ -126,7 +126,7 @@ def run(args) -> int:
             raise ScalegptError("--executor reads --input files; --hf-dataset is not split into tasks yet")
         meta = prepare_with_executor(
             inputs, out, args.tokenizer, executor=args.executor, tasks=args.tasks, workers=args.workers,
-            ray_address=args.ray_address, overwrite=args.overwrite, command=_command_line(args),
+            ray_address=args.ray_address, overwrite=args.overwrite, command=_command_line(args), quiet=args.quiet,
             slurm={"partition": args.slurm_partition, "time": args.slurm_time, "cpus": args.slurm_cpus,
                    "sbatch_args": args.slurm_sbatch_args},
             text_field=args.text_field, shard_tokens=args.shard_tokens, val_tokens=val_tokens,
