@@ -330,8 +330,11 @@ def prepare_with_executor(inputs, out, tokenizer: str = "gpt2", *, executor: str
         raise
     step = TokenizeShards(plan)
     logs, tasks = plan["logs"], plan["tasks"]
+    from datatrove.utils.logging import setup_default_logger
+
     real_stderr = sys.stderr
     sys.stderr = _Console(real_stderr, quiet)
+    setup_default_logger()  # the driver's own datatrove messages go through it too
     try:
         if executor == "local":
             from datatrove.executor import LocalPipelineExecutor
@@ -345,6 +348,7 @@ def prepare_with_executor(inputs, out, tokenizer: str = "gpt2", *, executor: str
             return None
     finally:
         sys.stderr = real_stderr
+        setup_default_logger()
     return merge(plan)
 
 

@@ -89,6 +89,12 @@ def test_local_executor_matches_tokenizer_any_worker_count_and_plain_prepare(run
     cli(*common, "--out", tmp_path / "w2", "--executor", "local", "--tasks", 4, "--workers", 2)
     assert shard_bytes(tmp_path / "w2") == shard_bytes(tmp_path / "w1")
 
+    # More tasks than the 6 units: the empty tasks add nothing, the token stream is the same.
+    assert run_cli(*common, "--out", tmp_path / "w8", "--executor", "local", "--tasks", 8, "--workers", 1)[0] == 0
+    meta8 = json.loads((tmp_path / "w8" / "meta.json").read_text())
+    got8 = np.concatenate([np.load(tmp_path / "w8" / s["file"]) for s in meta8["splits"]["train"]["shards"]])
+    assert got8.tolist() == expected.tolist() and meta8["tasks"] == 8
+
     # One task is the plain path, byte for byte; with a validation share too.
     vcommon = ["prepare", "--input", corpus, "--shard-tokens", 400, "--val-fraction", 0.2, "--quiet"]
     assert run_cli(*vcommon, "--out", tmp_path / "plain", "--workers", 1)[0] == 0
