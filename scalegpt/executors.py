@@ -330,11 +330,12 @@ def prepare_with_executor(inputs, out, tokenizer: str = "gpt2", *, executor: str
         raise
     step = TokenizeShards(plan)
     logs, tasks = plan["logs"], plan["tasks"]
-    from datatrove.utils.logging import setup_default_logger
+    from datatrove.utils.logging import logger
 
     real_stderr = sys.stderr
     sys.stderr = _Console(real_stderr, quiet)
-    setup_default_logger()  # the driver's own datatrove messages go through it too
+    logger.remove()
+    logger.add(_to_stderr)  # the driver's own datatrove messages go through it too
     try:
         if executor == "local":
             from datatrove.executor import LocalPipelineExecutor
@@ -348,8 +349,14 @@ def prepare_with_executor(inputs, out, tokenizer: str = "gpt2", *, executor: str
             return None
     finally:
         sys.stderr = real_stderr
-        setup_default_logger()
+        logger.remove()  # datatrove's task loggers leave sinks bound to the stream of the moment
+        logger.add(_to_stderr)
     return merge(plan)
+
+
+def _to_stderr(message) -> None:
+    """A loguru sink that writes to sys.stderr as it is at each message (never a stream since replaced or closed)."""
+    sys.stderr.write(message)
 
 
 class _Console:

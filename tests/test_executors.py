@@ -135,6 +135,7 @@ def test_sigkilled_task_is_redone_alone_with_the_same_bytes_and_task_count_is_ke
     assert (out / ".prepare-logs" / "completions" / "00000").exists()
     assert not (out / ".prepare-logs" / "completions" / "00001").exists()
     task0 = (out / ".partial" / "tasks" / "00000" / "train_000000.npy").stat()
+    log0 = (out / ".prepare-logs" / "logs" / "task_00000.log").stat().st_mtime_ns
 
     changed = cli(*args, "--tasks", 2, "--out", out, check=False)
     assert changed.returncode == 2
@@ -142,7 +143,9 @@ def test_sigkilled_task_is_redone_alone_with_the_same_bytes_and_task_count_is_ke
     assert not (out / "meta.json").exists()
 
     rerun = cli(*args, "--tasks", 3, "--out", out)
-    assert "Skipping 1 already completed tasks" in rerun.stderr  # datatrove's completion marker of task 0
+    # datatrove's completion marker: task 0 did not run again (its log untouched), tasks 1 and 2 did
+    assert (out / ".prepare-logs" / "logs" / "task_00000.log").stat().st_mtime_ns == log0
+    assert "task 1/3: 1 unit(s)" in (out / ".prepare-logs" / "logs" / "task_00001.log").read_text()
     merged = (out / "train_000000.npy").stat()  # task 0's first shard, hard-linked into place, not rewritten
     assert (merged.st_ino, merged.st_mtime_ns) == (task0.st_ino, task0.st_mtime_ns)
     assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
