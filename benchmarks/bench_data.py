@@ -12,6 +12,11 @@
    background prefetch on. Target <= 1% of a step.
 3. Resident memory of a process reading 2,000 shuffled (8 x 1024) batches from small and from large synthetic
    datasets (one fresh process each): it must not grow with the number or size of the shards.
+4. Executors (`prepare --executor local|ray`, needs scalegpt[scale]): a JSON-lines corpus made of Tiny Shakespeare's
+   paragraphs (8 files; x1 and x4 in size), 4 tasks on 2 workers, gpt2. Per worker: the tokens/s of each task as its
+   log line reports it (tokenize + shard writing + hashing, without executor start-up), mean over tasks; the wall
+   time includes the executor (Ray: starting a local cluster). Peak RSS: the largest task process's, from the task
+   logs; it must stay flat when the corpus grows. `--skip executors` leaves this out.
 """
 from __future__ import annotations
 
@@ -191,10 +196,51 @@ def bench_rss(tmp: Path, quick: bool) -> None:
            "ms/batch"], rows)
 
 
+# ---------------------------------------------------------------------------------------------------- executors
+
+
+def _executor_corpus(root: Path, scale: int) -> int:
+    """8 JSON-lines files of Tiny Shakespeare's paragraphs, repeated `scale` times; returns the bytes written."""
+    paragraphs = [p for p in (ROOT / "tests" / "data" / "tinyshakespeare.txt").read_text().split("\n\n") if p]
+    root.mkdir(parents=True)
+    for i in range(8):
+        with open(root / f"part{i}.jsonl", "w") as f:
+            for _ in range(scale):
+                for p in paragraphs[i::8]:
+                    f.write(json.dumps({"text": p}) + "\n")
+    return sum(f.stat().st_size for f in root.iterdir())
+
+
+def bench_executors(tmp: Path, quick: bool) -> None:
+    import re
+
+    rows = []
+    for scale in ((1, 2) if quick else (1, 4)):
+        corpus = tmp / f"corpus{scale}"
+        size = _executor_corpus(corpus, scale)
+        for executor in ("local", "ray"):
+            out = tmp / f"ds_{executor}_{scale}"
+            cmd = [sys.executable, "-m", "scalegpt", "prepare", "--input", str(corpus), "--out", str(out),
+                   "--executor", executor, "--tasks", "4", "--workers", "2", "--shard-tokens", "1000000", "--quiet"]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            wall = time.perf_counter() - t
+            logs = "".join(p.read_text() for p in (out / ".prepare-logs" / "logs").glob("task_*.log"))
+            per_task = [float(x.replace(",", "")) for x in re.findall(r"s, ([\d,]+) tokens/s", logs)]
+            rss = [float(x) for x in re.findall(r"peak RSS (\d+) MB", logs)]
+            meta = json.loads((out / "meta.json").read_text())
+            tokens = meta["splits"]["train"]["num_tokens"] + meta["splits"]["val"]["num_tokens"]
+            rows.append([executor, f"{size / 1e6:.1f}", f"{tokens:,}", f"{wall:.1f}", f"{np.mean(per_task):,.0f}",
+                         f"{max(rss):.0f}"])
+            shutil.rmtree(out)
+    table("prepare --executor: 4 tasks, 2 workers, gpt2 (tokens/s per worker = mean of the tasks' own rates)",
+          ["executor", "corpus MB", "tokens", "wall s", "tokens/s per worker", "peak task RSS MB"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller synthetic datasets for the memory table")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["prepare", "loader", "rss"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["prepare", "loader", "rss", "executors"])
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -213,6 +259,8 @@ def main() -> None:
             bench_loader_vs_step(tmp)
         if "rss" not in args.skip:
             bench_rss(tmp, args.quick)
+        if "executors" not in args.skip:
+            bench_executors(tmp, args.quick)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def _load_meta(data_dir: Path) -> dict:
         if not isinstance(shards, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("num_tokens"), int)
                 and isinstance(s.get("sha256"), str) and "/" not in s["file"] and "\\" not in s["file"]
+                and (type(s.get("offset", 0)) is int and s.get("offset", 0) >= 0)  # offset: a raw file (llm.c)
                 for s in shards):
             raise ScalegptError(f"{meta_path}: key 'splits.{name}.shards' should be a list of "
                                 f"{{file, num_tokens, sha256}} entries")
@@ -112,10 +113,17 @@ def check_token_rows(ds: "Dataset", rows: np.ndarray, where: list[tuple[int, int
                             f"{ds.data_dir}` hashes every shard)")
 
 
-def _check_shard(path: Path, dtype: str, num_tokens: int) -> None:
-    """Length and dtype from the .npy header against meta.json: cheap (reads the header, maps nothing)."""
+def _check_shard(path: Path, dtype: str, num_tokens: int, offset: int | None = None) -> None:
+    """Length and dtype from the .npy header against meta.json: cheap (reads the header, maps nothing). A raw shard
+    (an `offset` in meta.json: llm.c's .bin, see scalegpt.llmc) has its tokens from `offset` to the end of the file."""
     if not path.is_file():
         raise ScalegptError(f"{path}: shard listed in meta.json is missing")
+    if offset is not None:
+        expected_size = offset + num_tokens * np.dtype(dtype).itemsize
+        if path.stat().st_size != expected_size:
+            raise ScalegptError(f"{path}: {path.stat().st_size} bytes, expected {expected_size} for a {offset}-byte "
+                                f"header and {num_tokens} {dtype} tokens (truncated?)")
+        return
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except OSError as e:
@@ -146,6 +154,7 @@ class Dataset:
         self.shard_files = [data_dir / s["file"] for s in info["shards"]]
         self.shard_lengths = [int(s["num_tokens"]) for s in info["shards"]]
         self.shard_sha256 = [s["sha256"] for s in info["shards"]]
+        self.shard_offsets = [s.get("offset") for s in info["shards"]]  # None: a .npy file
         self.dtype = np.dtype(meta["dtype"])
         self.tokenizer_spec: dict = meta["tokenizer"]
         self.num_tokens = sum(self.shard_lengths)
@@ -178,7 +187,9 @@ class Dataset:
         entry = self._maps.get(shard)
         if entry is None:
             # The header was validated by np.load at open; map the file ourselves to be able to madvise it.
-            offset = np.load(self.shard_files[shard], mmap_mode="r", allow_pickle=False).offset
+            offset = self.shard_offsets[shard]
+            if offset is None:
+                offset = np.load(self.shard_files[shard], mmap_mode="r", allow_pickle=False).offset
             with open(self.shard_files[shard], "rb") as f:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             entry = (np.frombuffer(mm, dtype=self.dtype, count=self.shard_lengths[shard], offset=offset), mm)
@@ -219,7 +230,7 @@ def open_dataset(data_dir, split: str = "train") -> Dataset:
         raise ScalegptError(f"{data_dir}: the {split} split is empty (prepared with --val-fraction 0 or "
                             f"--val-tokens 0?)")
     for s in info["shards"]:
-        _check_shard(data_dir / s["file"], meta["dtype"], s["num_tokens"])
+        _check_shard(data_dir / s["file"], meta["dtype"], s["num_tokens"], s.get("offset"))
     return Dataset(data_dir, split, meta)
 
 
@@ -238,7 +249,7 @@ def check_dataset(data_dir) -> list[dict]:
             row = {"split": split, "file": s["file"], "num_tokens": s["num_tokens"], "dtype": meta["dtype"],
                    "ok": True, "problem": ""}
             try:
-                _check_shard(path, meta["dtype"], s["num_tokens"])
+                _check_shard(path, meta["dtype"], s["num_tokens"], s.get("offset"))
                 h = hashlib.sha256()
                 with open(path, "rb") as f:
                     while block := f.read(1 << 22):
@@ -246,7 +257,8 @@ def check_dataset(data_dir) -> list[dict]:
                 problems = []
                 if h.hexdigest() != s["sha256"]:
                     problems.append(f"sha256 {h.hexdigest()[:16]}... does not match meta.json ({s['sha256'][:16]}...)")
-                tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+                tokens = (np.load(path, mmap_mode="r", allow_pickle=False) if s.get("offset") is None else
+                          np.memmap(path, dtype=meta["dtype"], mode="r", offset=s["offset"], shape=(s["num_tokens"],)))
                 vocab = meta["tokenizer"]["vocab_size"]
                 row["largest"] = int(tokens.max()) if len(tokens) else -1
                 if row["largest"] >= vocab:  # what train and eval would stop at

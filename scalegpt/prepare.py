@@ -204,12 +204,18 @@ def _check_output_dir(out: Path, overwrite: bool, fingerprint: str) -> dict | No
     return state if resumable else None
 
 
-def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str = "text",
+def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_field: str = "text",
             hf_dataset: str | None = None, hf_config: str | None = None, hf_split: str = "train",
             shard_tokens: int = 100_000_000, val_tokens: int | None = None, val_fraction: float | None = None,
             workers: int = 1, encoding: str = "utf-8", errors: str = "strict", overwrite: bool = False,
-            command: list[str] | None = None, progress: bool = True) -> dict:
-    """Prepare a dataset directory; returns its meta dict. See the module docstring for the layout and guarantees."""
+            command: list[str] | None = None, progress: bool = True, files: list | None = None,
+            split_by_position: bool | None = None) -> dict:
+    """Prepare a dataset directory; returns its meta dict. See the module docstring for the layout and guarantees.
+
+    This is the one tokenize-and-shard step: `scalegpt.executors` runs it once per task of a datatrove pipeline with
+    the task's share of the inputs (`files`: already discovered `InputFile`s, parquet row groups included), a
+    `Tokenizer` built once for all tasks, and `split_by_position` saying how the whole corpus (not the task's share)
+    is split into train and val."""
     out = Path(out)
     if shard_tokens < 1:
         raise ScalegptError(f"--shard-tokens must be >= 1, got {shard_tokens}")
@@ -234,20 +240,23 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
             raise ScalegptError("give --input or --hf-dataset, not both")
         source = Source(hf=(hf_dataset, hf_config, hf_split), text_field=text_field, encoding=encoding, errors=errors)
     else:
-        source = Source(discover(list(inputs), exclude=out), text_field=text_field, encoding=encoding, errors=errors)
+        found = files if files is not None else discover(list(inputs), exclude=out)
+        source = Source(found, text_field=text_field, encoding=encoding, errors=errors)
 
     n_chars = None
-    if tokenizer == "char":
+    if isinstance(tokenizer, Tokenizer):
+        tok: Tokenizer = tokenizer
+    elif tokenizer == "char":
         chars, n_chars = source.char_stats()
         if not chars:
             raise ScalegptError(f"no text found in the inputs {[d.get('path') for d in source.describe()]}")
-        tok: Tokenizer = CharTokenizer("".join(sorted(chars)))
+        tok = CharTokenizer("".join(sorted(chars)))
     else:
         tok = get_tokenizer(tokenizer)
     spec = tok.spec()
     dtype = shard_dtype(tok.vocab_size)
 
-    single = source.single_document
+    single = source.single_document if split_by_position is None else split_by_position
     cut_at = None
     if single and val_fraction:
         if n_chars is None:

@@ -40,6 +40,7 @@ class InputFile:
     kind: str  # "text" | "jsonl" | "parquet"
     compression: str | None
     size: int
+    row_groups: tuple[int, ...] | None = None  # parquet: only these row groups (a task's share); None = all
 
 
 @dataclass
@@ -290,7 +291,7 @@ def parquet_records(inp: InputFile, text_field: str, progress: Progress | None =
         raise ScalegptError(f"{inp.path}: no column '{text_field}' (columns: {', '.join(names[:8])}); "
                             f"choose one with --text-field")
     per_group = inp.size // max(1, pf.num_row_groups)
-    for g in range(pf.num_row_groups):
+    for g in (range(pf.num_row_groups) if inp.row_groups is None else inp.row_groups):
         for batch in pf.iter_batches(batch_size=1024, row_groups=[g], columns=[text_field]):
             col = batch.column(0)
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):

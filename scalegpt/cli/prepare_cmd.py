@@ -35,6 +35,8 @@ def register(sub) -> None:
     src.add_argument("--hf-dataset", metavar="NAME", help="stream a HuggingFace dataset (needs `datasets`, online)")
     src.add_argument("--hf-config", metavar="NAME", help="configuration of --hf-dataset (e.g. sample-10BT)")
     src.add_argument("--hf-split", default="train", metavar="SPLIT", help="split of --hf-dataset (default train)")
+    src.add_argument("--from-llmc", metavar="DIR", help="use llm.c / modded-nanogpt .bin shards (*_train_*.bin, "
+                     "*_val_*.bin) in place: writes only meta.json and links into --out")
     src.add_argument("--recipe", choices=sorted(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
     src.add_argument("--encoding", default="utf-8", help="text encoding of the inputs (default utf-8)")
     src.add_argument("--errors", choices=["strict", "replace"], default="strict",
@@ -52,6 +54,20 @@ def register(sub) -> None:
                    help="parallel tokenizers: threads for gpt2, processes otherwise (default: CPU count, at "
                         "most 8); the output is identical for any count")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    scale = p.add_argument_group("distributed (datatrove; pip install 'scalegpt[scale]')")
+    scale.add_argument("--executor", choices=["local", "ray", "slurm"],
+                       help="run as datatrove tasks: local processes, a Ray cluster or SLURM job arrays; --workers "
+                            "is then the number of tasks running at once")
+    scale.add_argument("--tasks", type=_int, help="number of tasks, each tokenizing a contiguous share of the input "
+                                                  "files / parquet row groups (default: one per file or row group, "
+                                                  "at most 256); the bytes depend on it, not on the executor")
+    scale.add_argument("--ray-address", metavar="HOST:PORT", help="join this Ray cluster (default: start a local "
+                                                                   "one with --workers CPUs on 127.0.0.1)")
+    scale.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
+    scale.add_argument("--slurm-time", default="24:00:00", help="time limit per task (default 24:00:00)")
+    scale.add_argument("--slurm-cpus", type=_int, default=1, help="CPUs per task (default 1)")
+    scale.add_argument("--slurm-sbatch-args", metavar="ARGS", help='extra #SBATCH options, e.g. '
+                       '--slurm-sbatch-args="--account=a --qos=high" (with "=": the value starts with --)')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -77,6 +93,8 @@ def run(args) -> int:
     from scalegpt.prepare import prepare
     from scalegpt.sources import download_shakespeare
 
+    if args.from_llmc:
+        return _run_llmc(args)
     inputs, hf = list(args.input), args.hf_dataset
     config, split, val_tokens = args.hf_config, args.hf_split, args.val_tokens
     if args.recipe == "shakespeare":
@@ -98,11 +116,30 @@ def run(args) -> int:
     if not inputs and not hf:
         raise ScalegptError("nothing to prepare: give --input FILE_OR_DIR..., --hf-dataset NAME or --recipe NAME")
 
+    if args.tasks is not None and not args.executor:
+        raise ScalegptError("--tasks splits the work between the tasks of an --executor (local, ray or slurm)")
     t0 = time.time()
-    meta = prepare(inputs, out, args.tokenizer, text_field=args.text_field, hf_dataset=hf, hf_config=config,
-                   hf_split=split, shard_tokens=args.shard_tokens, val_tokens=val_tokens,
-                   val_fraction=args.val_fraction, workers=args.workers, encoding=args.encoding, errors=args.errors,
-                   overwrite=args.overwrite, command=_command_line(args), progress=not args.quiet)
+    if args.executor:
+        from scalegpt.executors import prepare_with_executor
+
+        if hf:
+            raise ScalegptError("--executor reads --input files; --hf-dataset is not split into tasks yet")
+        meta = prepare_with_executor(
+            inputs, out, args.tokenizer, executor=args.executor, tasks=args.tasks, workers=args.workers,
+            ray_address=args.ray_address, overwrite=args.overwrite, command=_command_line(args), quiet=args.quiet,
+            slurm={"partition": args.slurm_partition, "time": args.slurm_time, "cpus": args.slurm_cpus,
+                   "sbatch_args": args.slurm_sbatch_args},
+            text_field=args.text_field, shard_tokens=args.shard_tokens, val_tokens=val_tokens,
+            val_fraction=args.val_fraction, encoding=args.encoding, errors=args.errors)
+        if meta is None:
+            print(f"submitted the SLURM jobs; {out}/meta.json appears when the merge job ends "
+                  f"(logs in {out}/.prepare-logs); rerun the same command to resubmit unfinished tasks")
+            return 0
+    else:
+        meta = prepare(inputs, out, args.tokenizer, text_field=args.text_field, hf_dataset=hf, hf_config=config,
+                       hf_split=split, shard_tokens=args.shard_tokens, val_tokens=val_tokens,
+                       val_fraction=args.val_fraction, workers=args.workers, encoding=args.encoding, errors=args.errors,
+                       overwrite=args.overwrite, command=_command_line(args), progress=not args.quiet)
     dt = time.time() - t0
     s = meta["splits"]
     total = s["train"]["num_tokens"] + s["val"]["num_tokens"]
@@ -111,4 +148,21 @@ def run(args) -> int:
           f"({s['val']['num_documents']:,} documents, {len(s['val']['shards'])} shards); "
           f"{meta['tokenizer']['kind']} vocab {meta['vocab_size']}, {meta['dtype']}; "
           f"{dt:.1f} s, {total / max(dt, 1e-9):,.0f} tokens/s")
+    return 0
+
+
+def _run_llmc(args) -> int:
+    from scalegpt.errors import ScalegptError
+    from scalegpt.llmc import prepare_llmc
+
+    if args.input or args.hf_dataset or args.recipe or args.executor:
+        raise ScalegptError("--from-llmc uses already tokenized shards: drop --input/--hf-dataset/--recipe/--executor")
+    if not args.out:
+        raise ScalegptError("--out DIR is required (where meta.json and the links to the shards go)")
+    t0 = time.time()
+    meta = prepare_llmc(args.from_llmc, args.out, overwrite=args.overwrite, command=_command_line(args))
+    s = meta["splits"]
+    print(f"wrote {args.out}/meta.json for the llm.c shards in {args.from_llmc} (not copied): train "
+          f"{s['train']['num_tokens']:,} tokens ({len(s['train']['shards'])} files), val {s['val']['num_tokens']:,} "
+          f"tokens ({len(s['val']['shards'])} files); gpt2, uint16; {time.time() - t0:.1f} s")
     return 0
