@@ -1,5 +1,5 @@
 """scalegpt serve (--checkpoint RUN | --hf DIR) [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch 16]
-[--max-queue 64] [--device cpu]: an OpenAI-compatible server (docs/serving.md)."""
+[--max-queue 64] [--max-n N] [--device cpu]: an OpenAI-compatible server (docs/serving.md)."""
 from __future__ import annotations
 
 import ipaddress
@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--model-name", default=None, help="the model's id in the API (default: the directory's name)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache rows)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences waiting beyond that; more get a 429")
+    p.add_argument("--max-n", type=int, default=None, help="sequences one request may ask for, n x prompts "
+                   "(default: --max-batch)")
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 beyond)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="on SIGTERM/Ctrl-C, seconds to let requests in flight finish before cancelling them")
@@ -31,7 +33,8 @@ def run_serve(args) -> int:
     from scalegpt.cli.eval_cmd import load_model, pick_device
     from scalegpt.errors import ScalegptError
 
-    for name, low in (("port", 0), ("max_batch", 1), ("max_queue", 1), ("max_body", 1024)):
+    args.max_n = args.max_batch if args.max_n is None else args.max_n
+    for name, low in (("port", 0), ("max_batch", 1), ("max_queue", 1), ("max_n", 1), ("max_body", 1024)):
         value = getattr(args, name)
         if value < low or (name == "port" and value > 65535):
             raise ScalegptError(f"--{name.replace('_', '-')} must be >= {low}" + (" and <= 65535" if name == "port"
@@ -58,7 +61,7 @@ def run_serve(args) -> int:
     chat = load_chat_template(where, eos_token="<|endoftext|>")
     served = ServedModel(name=args.model_name or _model_name(where), tokenizer=tokenizer,
                          scheduler=Scheduler(model, max_batch=args.max_batch, max_queue=args.max_queue),
-                         chat_template=chat, max_n=args.max_batch)
+                         chat_template=chat, max_n=args.max_n)
     app = create_app(served, api_key=args.api_key, max_body_bytes=args.max_body)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

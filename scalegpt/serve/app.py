@@ -105,6 +105,10 @@ def create_app(served: ServedModel, api_key: str | None = None, max_body_bytes: 
     async def api_error(request, e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
 
+    @app.exception_handler(ScalegptError)
+    async def user_error(request, e: ScalegptError):  # e.g. a character the tokenizer cannot encode
+        return JSONResponse(error_body(str(e)), status_code=400)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request, e: RequestValidationError):
         message, param = validation_message(e.errors())
