@@ -68,17 +68,37 @@ def run_serve(args) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(2048)  # from now on connections wait in the backlog until uvicorn accepts them
     except OSError as e:
         sock.close()
         raise ScalegptError(f"cannot listen on {args.host}:{args.port} ({e.strerror})") from None
     host, port = sock.getsockname()[:2]
     print(f"scalegpt: serving '{served.name}' on http://{host}:{port} (playground at /, API at /v1; "
           f"batch {args.max_batch}, chat {'on' if chat else 'off: no chat template'})", flush=True)
+    _Server = _server_class()
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=args.shutdown_timeout,
                             lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])  # SIGTERM/SIGINT: stop accepting, finish or cancel, exit
+    _Server(config).run(sockets=[sock])  # SIGTERM/SIGINT: stop accepting, finish or cancel, exit
     print("scalegpt: server stopped", file=sys.stderr)
     return 0
+
+
+def _server_class():
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises a SIGTERM once its graceful shutdown is done (the process then dies by the signal);
+        for `scalegpt serve` SIGTERM is the normal way to stop, so the command returns and exits 0."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list) and sig == signal.SIGTERM:
+                captured.remove(sig)
+
+    return Server
 
 
 def _model_name(where) -> str:
