@@ -130,6 +130,7 @@ def main() -> None:
             for n in clients:
                 for name, (_, url) in servers.items():
                     rows.append((name, n, run_clients(url, ckpt.name, n, args.requests, args.max_tokens)))
+                    print(f"{name}, {n} clients: {rows[-1][2]['tok_s']:.1f} tokens/s", file=sys.stderr, flush=True)
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
