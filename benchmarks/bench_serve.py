@@ -4,7 +4,7 @@
 
 Two `scalegpt serve` processes on the same random-weight model (speed does not depend on the weights): `batched`
 (--max-batch 16: in-flight requests share decode steps) and `one-at-a-time` (--max-batch 1: the baseline, each
-request waits for the one before). Each client sends --requests streamed completions one after the other (a ~16-token
+request waits for the one before). Each client sends --requests streamed completions one after the other (a ~8-token
 prompt, --max-tokens new tokens, greedy). The runs are interleaved (clients 1: baseline, batched; clients 4: ...) so
 the machine's load falls on both alike. Reported per run: aggregate tokens/s (all completion tokens / wall time),
 time to first token (TTFT) and request latency, p50 and p99; `x single` = aggregate tokens/s over the same server's
