@@ -70,7 +70,8 @@ class Rotary(nn.Module):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int | torch.Tensor = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, k: torch.Tensor,
+                start: int | torch.Tensor = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k (B, heads, T, head_dim) at positions start .. start+T-1 (start: an int, or (B,) one per row)."""
         T, device = q.size(2), q.device
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)

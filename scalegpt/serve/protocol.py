@@ -46,7 +46,7 @@ class SamplingFields(BaseModel):
     max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Number = Field(1.0, ge=0, le=100)
     top_p: Number = Field(1.0, gt=0, le=1)
-    top_k: StrictInt | None = Field(None, ge=1, description="an extension of OpenAI's API: sample among the k most likely")
+    top_k: StrictInt | None = Field(None, ge=1)  # an extension of OpenAI's API: sample among the k most likely
     n: StrictInt = Field(1, ge=1)
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None = None
     seed: StrictInt | None = Field(None, ge=0, lt=2**63)
