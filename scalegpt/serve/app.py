@@ -25,6 +25,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scalegpt.errors import ScalegptError
@@ -250,8 +251,10 @@ async def _serve(served: ServedModel, body: SamplingFields, prompts: list[list[i
     events = _events(served.scheduler, seqs, choices, queue, None if body.stream else request)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
+        # The background task runs however the response ends, even when the client left before the first chunk.
         return StreamingResponse(_sse(events, meta, chat, len(choices), include_usage, usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(lambda: [served.scheduler.cancel(s) for s in seqs]))
     texts = [""] * len(choices)
     async for index, piece, _ in events:
         texts[index] += piece
