@@ -15,6 +15,8 @@ The model knows nothing of training, parallelism or checkpoints: those are appli
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -68,11 +70,14 @@ class Rotary(nn.Module):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k (B, heads, T, head_dim) at positions start .. start+T-1."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor,
+                start: int | torch.Tensor = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, heads, T, head_dim) at positions start .. start+T-1 (start: an int, or (B,) one per row)."""
         T, device = q.size(2), q.device
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
-        angles = torch.arange(start, start + T, device=device).float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+        angles = positions(start, T, device).float()[..., None] * inv_freq  # (T, head_dim/2) or (B, T, head_dim/2)
+        if angles.dim() == 3:
+            angles = angles[:, None]  # (B, 1, T, head_dim/2): the same angles for every head
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
 
         def rotate(x):
@@ -118,10 +123,8 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             mask, causal = None, True
         else:
+            mask, causal = cache.mask(T, x.device), False
             k, v = cache.update(layer, k, v)
-            # A query at position start+i sees keys 0..start+i. With one new token it sees all of them.
-            causal = False
-            mask = None if T == 1 else torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
         y = attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, -1)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
@@ -169,9 +172,19 @@ def has_value_embeds(config: GPTConfig, layer: int) -> bool:
     return config.value_embeds and layer % 2 == (config.n_layer - 1) % 2
 
 
+def positions(start: int | torch.Tensor, T: int, device) -> torch.Tensor:
+    """Positions start .. start+T-1: (T,) for an int start, (B, T) for a (B,) tensor of per-row starts."""
+    steps = torch.arange(T, device=device)
+    return steps + start if isinstance(start, int) else start[:, None] + steps
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, one preallocated buffer per layer, for incremental decoding.
-    Keys are stored after RoPE; only the n_kv_head heads are stored (GQA shares them at attention time)."""
+    Keys are stored after RoPE; only the n_kv_head heads are stored (GQA shares them at attention time).
+
+    `length` is an int when every row holds as many tokens, or a (B,) tensor of per-row lengths: continuous batching
+    (scalegpt.serve) decodes sequences of different lengths together, each row at its own positions, its keys past
+    its own length masked out."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype=torch.float32, max_len: int | None = None):
         self.max_len = max_len or config.block_size
@@ -180,13 +193,38 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # tokens cached; advanced by GPT.forward after all layers have written
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.size(2)
+    def end(self, T: int) -> int:
+        """The cache's filled width once T more tokens are appended (the longest row's)."""
+        end = (self.length if isinstance(self.length, int) else int(self.length.max())) + T
         if end > self.max_len:
             raise ScalegptError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        return end
+
+    def mask(self, T: int, device) -> torch.Tensor | None:
+        """Which cached keys each of T new queries sees: a query at position p sees keys 0..p. None = all of them."""
+        if isinstance(self.length, int):
+            return None if T == 1 else torch.ones(T, self.length + T, dtype=torch.bool, device=device).tril(self.length)
+        keys = torch.arange(self.end(T), device=device)
+        return (keys <= positions(self.length, T, device)[..., None]).unsqueeze(1)  # (B, 1, T, end)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.end(k.size(2))
+        if isinstance(self.length, int):
+            self.k[layer, :, :, self.length:end] = k
+            self.v[layer, :, :, self.length:end] = v
+        else:
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            at = positions(self.length, k.size(2), k.device)  # (B, T)
+            self.k[layer][rows, :, at] = k.transpose(1, 2)  # indexed (B, T, heads, head_dim)
+            self.v[layer][rows, :, at] = v.transpose(1, 2)
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def rows(self, start: int, stop: int, length: int | torch.Tensor = 0) -> "KVCache":
+        """A cache over rows start..stop-1 of this one that writes into the same buffers (a scheduler prefills one
+        row, then decodes the active rows together)."""
+        view = copy.copy(self)
+        view.k, view.v, view.length = self.k[:, start:stop], self.v[:, start:stop], length
+        return view
 
 
 class GPT(nn.Module):
@@ -245,11 +283,12 @@ class GPT(nn.Module):
         B, T = idx.shape
         tf, c = self.transformer, self.config
         start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ScalegptError(f"sequence of {start + T} tokens exceeds the model's block_size {self.config.block_size}")
+        end = cache.end(T) if cache is not None else T
+        if end > self.config.block_size:
+            raise ScalegptError(f"sequence of {end} tokens exceeds the model's block_size {self.config.block_size}")
         x = tf.wte(idx)
         if c.pos_emb == "learned":
-            x = x + tf.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + tf.wpe(positions(start, T, idx.device))
         if c.embed_norm:
             x = tf.embed_norm(x)
         x = x0 = tf.drop(x)
@@ -259,7 +298,7 @@ class GPT(nn.Module):
             ve = tf.value_embeds[str(i)](idx) if has_value_embeds(c, i) else None
             x = block(x, ve, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.length = cache.length + T  # not in place: a per-row tensor passed in stays as it was
         return tf.ln_f(x)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

@@ -38,3 +38,15 @@ def test_bench_recipes_quick_runs_every_recipe_and_reports(tmp_path, data_dir):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "± " in proc.stdout and (tmp_path / "both" / "recipes.png").is_file()
+
+
+def test_bench_serve_quick_reports_every_server_and_client_count():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--quick", "--clients", "1,4"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith(("| one", "| batched"))]
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [("one-at-a-time", 1), ("batched", 1), ("one-at-a-time", 4),
+                                                        ("batched", 4)]
+    assert all(int(r[2]) == int(r[1]) and float(r[3]) > 0 for r in rows)  # every request answered, tokens counted
+    assert "batching at 4 clients" in proc.stdout and "load average" in proc.stdout

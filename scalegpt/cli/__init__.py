@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "scalegpt.cli.plot_cmd",  # scalegpt plot
     "scalegpt.cli.compare_cmd",  # scalegpt compare
     "scalegpt.cli.quickstart_cmd",  # scalegpt quickstart
+    "scalegpt.cli.serve_cmd",  # scalegpt serve
 ]
 
 
