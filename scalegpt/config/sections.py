@@ -136,7 +136,7 @@ class DataSection:
     train_split: str = "train"  # split to train on
     val_split: str = "val"  # split for validation loss
     shuffle: bool = True  # shuffle the order of training sequences (seeded, resumable)
-    mix: list[MixSource] = field(default_factory=list)  # [[data.mix]] tables {dir, weight}: several datasets, drawn by weight
+    mix: list[MixSource] = field(default_factory=list)  # several datasets drawn by weight: [[data.mix]] tables {dir, weight}; on the command line DIR:WEIGHT,DIR:WEIGHT
     align: str = "none"  # none | bos: every training sequence starts at a document start (best-fit packing)
 
     def __post_init__(self):
