@@ -400,7 +400,7 @@ class DataLoader(Batches):
             raise ScalegptError(f"align must be one of {' | '.join(ALIGNS)}, got {align!r}")
         self.align = align
         self._init_batches(seq_len, global_batch_size, micro_batch_size, rank, world_size, seed, shuffle, device,
-                           prefetch if align == "none" else False)  # bos rows: one thread owns the plan cache
+                           prefetch)
         lengths = np.array(ds.shard_lengths, dtype=np.int64)
         self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
         self.max_offset = np.zeros_like(self.counts)

@@ -122,12 +122,13 @@ class MixtureLoader(Batches):
         dirs = [str(ds.data_dir) for ds in datasets]
         check_same_tokenizers(datasets, dirs)
         self._init_batches(seq_len, global_batch_size, micro_batch_size, rank, world_size, seed, shuffle, device,
-                           prefetch if align == "none" else False)
+                           prefetch)
         self.names = names or source_names(dirs)
         self.weights = [float(w) for w in weights]
         self.assign = Assignment(self.weights, self.seed, self.shuffle)
-        self.sources = [DataLoader(ds, self.T, 1, 1, seed=int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]),
-                                   shuffle=shuffle, prefetch=False, align=align) for k, ds in enumerate(datasets)]
+        seeds = [int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]) for k in range(len(datasets))]
+        self.sources = [DataLoader(ds, self.T, 1, 1, seed=s, shuffle=shuffle, prefetch=False, align=align)
+                        for ds, s in zip(datasets, seeds)]  # walked by this loader's own (prefetch) thread
         self.align = align
 
     @property

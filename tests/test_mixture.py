@@ -28,7 +28,8 @@ def make_source(root: Path, first_token: int, lengths, spec=GPT2_SPEC, splits=("
             name = f"{split}_{i:06d}.npy"
             np.save(root / name, np.arange(pos, pos + n, dtype=np.uint32))
             pos += n
-            shards.append({"file": name, "num_tokens": n, "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest()})
+            digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
+            shards.append({"file": name, "num_tokens": n, "sha256": digest})
         meta_splits[split] = {"num_tokens": sum(lengths), "shards": shards}
     meta = {"format": "scalegpt-tokens", "version": 1, "tokenizer": spec, "vocab_size": spec["vocab_size"],
             "eot_id": spec["eot_id"], "dtype": "uint32", "splits": meta_splits}
@@ -138,7 +139,8 @@ def test_a_source_that_runs_out_wraps_and_counts_its_epochs(sources):
 
 
 def test_mixed_tokenizers_are_one_line_naming_both(tmp_path):
-    char = {"kind": "char", "vocab_size": 30001, "eot_id": 30000, "chars": "".join(chr(0x4e00 + i) for i in range(30000))}
+    chars = "".join(chr(0x4e00 + i) for i in range(30000))
+    char = {"kind": "char", "vocab_size": 30001, "eot_id": 30000, "chars": chars}
     a = open_dataset(make_source(tmp_path / "web", 0, [500]))
     b = open_dataset(make_source(tmp_path / "notes", 0, [500], spec=char))
     with pytest.raises(ScalegptError, match=r"web and .*notes were prepared with different tokenizers") as e:

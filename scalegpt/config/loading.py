@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config, check_value
+from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, TEXT_PARSERS, Config, check_value
 from scalegpt.errors import ScalegptError
 
 try:
@@ -123,6 +123,8 @@ def convert(info: FieldInfo, value, where: str, from_text: bool = False):
     """A value for the field: command-line text (from_text) is parsed to the field's type; then the section's own
     checks (type, finiteness, range, choices: sections.check_value) run, the error naming where the value came from."""
     t = info.type
+    if from_text and isinstance(value, str) and info.key in TEXT_PARSERS:
+        value = TEXT_PARSERS[info.key](f"--{info.key}", value)
     if from_text and isinstance(value, str) and t in (bool, int, float):  # others (data.mix) parse their own text
         try:
             if t is bool:

@@ -150,13 +150,10 @@ MIN_MIX_SHARE = 1e-6  # a smaller share would need blocks of more than a million
 
 
 def parse_mix(key: str, value) -> list[MixSource]:
-    """data.mix as a list of MixSource: from TOML tables, MixSource objects, or command-line text, either TOML's
-    inline form '[{dir = "data/web", weight = 0.7}, ...]' or 'data/web:0.7,data/code:0.3' ("" = no mix)."""
-    if isinstance(value, str):
-        value = _mix_from_text(key, value)
+    """data.mix as a list of MixSource, from TOML tables or MixSource objects (command-line text: mix_from_text)."""
     if not isinstance(value, (list, tuple)):
-        raise ScalegptError(f"{key} must be a list of {{dir, weight}} tables ([[data.mix]]), got "
-                            f"{type(value).__name__} {value!r:.60}")
+        raise ScalegptError(f"{key} must be list, got {type(value).__name__} {value!r:.60} (expected [[data.mix]] "
+                            "tables with dir and weight)")
     out = []
     for i, item in enumerate(value):
         where = f"{key}[{i}]"
@@ -187,7 +184,9 @@ def parse_mix(key: str, value) -> list[MixSource]:
     return out
 
 
-def _mix_from_text(key: str, text: str) -> list:
+def mix_from_text(key: str, text: str) -> list:
+    """--data.mix text: TOML's inline form '[{dir = "data/web", weight = 0.7}, ...]' or 'data/web:0.7,data/code:0.3'
+    ("" = no mix)."""
     text = text.strip()
     if not text:
         return []
@@ -399,6 +398,7 @@ RANGES = {
 }
 _DEFAULT_RANGE = ">= 0"
 TABLE_LISTS = {"data.mix": parse_mix}  # fields holding TOML arrays of tables: their own parser and checks
+TEXT_PARSERS = {"data.mix": mix_from_text}  # ... and how the command line spells them
 
 
 @functools.lru_cache(maxsize=None)
