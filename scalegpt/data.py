@@ -15,6 +15,9 @@ wraps into the next epoch. `shuffle=False` walks shards and windows in order.
 Offsets. Shuffled, epoch e shifts every window of a shard by a seeded offset in [0, T) (one window per shard is kept
 as slack for it), so repeated epochs see new window boundaries, as nanoGPT's random offsets give, while an epoch's
 windows stay disjoint and the order stays a pure function of (seed, epoch).
+
+Rows. With align="bos" the windows of a shard are instead its best-fit rows of whole documents (scalegpt.packing),
+walked in the same order without offsets. Several datasets by weight: scalegpt.mixture, on the same `Batches` base.
 """
 from __future__ import annotations
 
