@@ -26,7 +26,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from scalegpt.data import Batches, DataLoader, Dataset
+from scalegpt.batches import Batches
+from scalegpt.data import DataLoader, Dataset
 from scalegpt.errors import ScalegptError
 
 UNIT = 1 << 32
