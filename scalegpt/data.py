@@ -15,28 +15,29 @@ wraps into the next epoch. `shuffle=False` walks shards and windows in order.
 Offsets. Shuffled, epoch e shifts every window of a shard by a seeded offset in [0, T) (one window per shard is kept
 as slack for it), so repeated epochs see new window boundaries, as nanoGPT's random offsets give, while an epoch's
 windows stay disjoint and the order stays a pure function of (seed, epoch).
+
+Rows. With align="bos" the windows of a shard are instead its best-fit rows of whole documents (scalegpt.packing),
+walked in the same order without offsets. Several datasets by weight: scalegpt.mixture, on the same `Batches` base.
 """
 from __future__ import annotations
 
 import json
 import mmap
-import numbers
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from scalegpt._fs import os_error_message
+from scalegpt.batches import Batches, _int_arg, _to_device
 from scalegpt.errors import ScalegptError
 from scalegpt.tokenizer import check_same_tokenizer, tokenizer_from_spec
 
 FORMAT = "scalegpt-tokens"
 SUPPORTED_VERSIONS = (1,)
 DTYPES = ("uint16", "uint32")
-STATE_VERSION = 1
 RELEASE_EVERY = 8  # window reads between drops of the mapped pages
 
 
@@ -276,41 +277,32 @@ def check_dataset(data_dir) -> list[dict]:
     return rows
 
 
-def _int_arg(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ScalegptError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+ALIGNS = ("none", "bos")
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return t if device.type == "cpu" else t.to(device, non_blocking=True)
-
-
-class DataLoader:
-    """Rank-aware, exactly resumable batches of (B, T) int64 windows; see the module docstring for the order."""
+class DataLoader(Batches):
+    """Rank-aware, exactly resumable batches of (B, T) int64 windows; see the module docstring for the order.
+    align="bos": the windows are the rows of scalegpt.packing (each begins at a document start), in the same order."""
 
     def __init__(self, ds: Dataset, seq_len: int, global_batch_size: int, micro_batch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 1337, shuffle: bool = True, device="cpu", prefetch: bool = True):
+                 world_size: int = 1, seed: int = 1337, shuffle: bool = True, device="cpu", prefetch: bool = True,
+                 align: str = "none"):
         self.ds = ds
-        self.T = _int_arg("seq_len", seq_len, 1)
-        self.G = _int_arg("global_batch_size", global_batch_size, 1)
-        self.B = _int_arg("micro_batch_size", micro_batch_size, 1)
-        self.W = _int_arg("world_size", world_size, 1)
-        self.rank = _int_arg("rank", rank, 0)
-        self.seed = _int_arg("seed", seed, 0)
-        if self.rank >= self.W:
-            raise ScalegptError(f"rank {rank} is out of range for world_size {world_size}")
-        if self.G % (self.B * self.W):
-            raise ScalegptError(
-                f"global_batch_size {self.G} is not divisible by micro_batch_size {self.B} x world_size {self.W} "
-                f"= {self.B * self.W}")
-        self.accum_steps = self.G // (self.B * self.W)
-        self.shuffle = bool(shuffle)
-        self.device = torch.device(device)
+        if align not in ALIGNS:
+            raise ScalegptError(f"align must be one of {' | '.join(ALIGNS)}, got {align!r}")
+        self.align = align
+        self._init_batches(seq_len, global_batch_size, micro_batch_size, rank, world_size, seed, shuffle, device,
+                           prefetch)
         lengths = np.array(ds.shard_lengths, dtype=np.int64)
         self.counts = np.array(ds.window_counts(self.T), dtype=np.int64)
         self.max_offset = np.zeros_like(self.counts)
-        if self.shuffle:
+        self.packing = None
+        if align == "bos":
+            from scalegpt.packing import BosPacking
+
+            self.packing = BosPacking(ds, self.T)
+            self.counts = np.array(self.packing.counts, dtype=np.int64)
+        elif self.shuffle:
             # Each epoch shifts a shard's windows by a seeded offset in [0, T), so a second epoch does not replay
             # the first one's exact windows (nanoGPT gets the same effect from random offsets). That needs one
             # window of slack per shard; a shard too short for it keeps its windows (and offsets up to its slack).
@@ -321,18 +313,16 @@ class DataLoader:
             raise ScalegptError(
                 f"{ds.data_dir} ({ds.split}): no shard holds seq_len+1 = {self.T + 1} tokens (largest "
                 f"{max(ds.shard_lengths)}); use a shorter seq_len or prepare with a larger --shard-tokens")
-        self.position = 0  # global index of the first window of the next micro-step (rank independent)
-        self.micro_step = 0
         self._layouts: OrderedDict = OrderedDict()
         self._perms: OrderedDict = OrderedDict()
-        self._pin = self.device.type == "cuda"
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="scalegpt-data") if prefetch else None
-        self._future = None
-        self._future_pos = -1
 
     @property
     def epoch(self) -> int:
         return self.position // self.num_windows
+
+    def _identity(self) -> dict:
+        return {"seed": self.seed, "shuffle": int(self.shuffle), "seq_len": self.T,
+                "align_bos": int(self.align == "bos"), "num_windows": self.num_windows}
 
     # ------------------------------------------------------------------------------------------- window order
 
@@ -359,92 +349,33 @@ class DataLoader:
                 self._perms.popitem(last=False)
         return p
 
-    def locate(self, g: int) -> tuple[int, int]:
-        """(shard, start token) of global window g."""
+    def window_index(self, g: int) -> tuple[int, int, int]:
+        """(shard, window within the shard, epoch) of global window g."""
         epoch, i = divmod(g, self.num_windows)
-        order, cum, offsets = self._layout(epoch)
+        order, cum, _ = self._layout(epoch)
         k = int(np.searchsorted(cum, i, side="right"))
         shard = int(order[k])
         local = i - (int(cum[k - 1]) if k else 0)
-        w = int(self._perm(epoch, shard)[local]) if self.shuffle else local
-        return shard, int(offsets[shard]) + w * self.T
+        return shard, int(self._perm(epoch, shard)[local]) if self.shuffle else local, epoch
 
-    def _make_batch(self, position: int):
-        first = position + self.rank * self.B
-        rows = np.empty((self.B, self.T + 1), dtype=self.ds.dtype)
-        where = [self.locate(first + j) for j in range(self.B)]
-        for j, (shard, start) in enumerate(where):
-            rows[j] = self.ds.read(shard, start, start + self.T + 1)
-        check_token_rows(self.ds, rows, where)
-        t = torch.from_numpy(rows.astype(np.int64))
-        x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
-        if self._pin:
-            x, y = x.pin_memory(), y.pin_memory()
-        return x, y
+    def locate(self, g: int) -> tuple[int, int]:
+        """(shard, start token) of global window g (its first piece with align="bos")."""
+        shard, w, epoch = self.window_index(g)
+        if self.packing is not None:
+            return shard, self.packing.pieces(shard, w)[0][0]
+        return shard, int(self._layout(epoch)[2][shard]) + w * self.T
 
-    # ---------------------------------------------------------------------------------------------- batches
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next micro-batch of this rank: x, y of shape (B, T), int64, on the device."""
-        if self._future is not None and self._future_pos == self.position:
-            x, y = self._future.result()
+    def read_row(self, g: int) -> np.ndarray:
+        shard, w, epoch = self.window_index(g)
+        if self.packing is None:
+            start = int(self._layout(epoch)[2][shard]) + w * self.T
+            pieces = [(start, self.T + 1)]
         else:
-            x, y = self._make_batch(self.position)
-        self._future = None
-        self.position += self.B * self.W
-        self.micro_step = (self.micro_step + 1) % self.accum_steps
-        if self._executor is not None:
-            self._future_pos = self.position
-            self._future = self._executor.submit(self._make_batch, self.position)
-        return _to_device(x, self.device), _to_device(y, self.device)
-
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
-    def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "position": self.position, "micro_step": self.micro_step,
-                "epoch": self.epoch, "seed": self.seed, "shuffle": int(self.shuffle), "seq_len": self.T,
-                "num_windows": self.num_windows, "global_batch_size": self.G, "micro_batch_size": self.B,
-                "world_size": self.W}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where `state` left off. A state saved at another world size or micro batch is re-mapped
-        (the position is a global window index) when it was saved between optimizer steps, refused otherwise."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ScalegptError(f"loader state: expected a dict with version {STATE_VERSION}, got "
-                                f"{str(state)[:80]}")
-        now = {"seed": self.seed, "shuffle": int(self.shuffle), "seq_len": self.T, "num_windows": self.num_windows}
-        for key in ("position", "micro_step", *now):
-            if not isinstance(state.get(key), numbers.Integral) or state[key] < 0:
-                raise ScalegptError(f"loader state: key '{key}' should be an integer >= 0, got {state.get(key)!r}")
-        for key, value in now.items():
-            if int(state[key]) != value:
-                what = "the dataset changed" if key == "num_windows" else f"{key} changed"
-                raise ScalegptError(f"loader state: {key} was {state.get(key)} when saved, now {value} ({what}); "
-                                    f"the saved position cannot be resumed exactly")
-        position, micro = int(state["position"]), int(state["micro_step"])
-        same_layout = (state.get("world_size"), state.get("micro_batch_size"), state.get("global_batch_size")) == \
-                      (self.W, self.B, self.G)
-        if not same_layout and micro != 0:
-            raise ScalegptError(
-                f"loader state was saved in the middle of an optimizer step (micro-step {micro} at world_size "
-                f"{state.get('world_size')}, micro_batch_size {state.get('micro_batch_size')}); it can only resume "
-                f"with that same layout, now world_size {self.W}, micro_batch_size {self.B}")
-        if self._future is not None:
-            self._future.cancel()
-            try:
-                self._future.result()
-            except Exception:
-                pass
-            self._future = None
-        self.position, self.micro_step = position, micro
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-            self._future = None
+            pieces = self.packing.pieces(shard, w)
+        parts = [self.ds.read(shard, start, start + n) for start, n in pieces]
+        for (start, _), part in zip(pieces, parts):
+            check_token_rows(self.ds, part[None], [(shard, start)])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def eval_batches(ds: Dataset, batch_size: int, seq_len: int, max_tokens: int | None = None, rank: int = 0,

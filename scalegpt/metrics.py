@@ -315,4 +315,6 @@ def _json_safe(value):
     """Strict JSON has no NaN/Infinity (jq and most parsers reject them): non-finite floats become "nan"/"inf"."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):  # per-source figures of a mixture's validation
+        return {k: _json_safe(v) for k, v in value.items()}
     return value

@@ -1,5 +1,6 @@
 """loss.png: train and validation loss against steps and against tokens, for one run or several side by side, and
-a third panel of validation bits per byte against steps when metrics.jsonl has it.
+a third panel of validation bits per byte against steps when metrics.jsonl has it. A mixture's runs ([[data.mix]])
+add a dotted val line per source (log.txt's `val:NAME` lines, metrics.jsonl's "sources").
 
     scalegpt plot runs/a runs/b --out compare.png
 
@@ -23,8 +24,9 @@ def tokens_per_step(run_dir: Path) -> int | None:
     return load_toml(path).get("train", {}).get("global_batch_tokens")
 
 
-def val_bpb(run_dir: Path) -> list[tuple[int, float]]:
-    """[(step, bits per byte)] of the val records of a run's metrics.jsonl (empty without the file or the figure)."""
+def val_bpb(run_dir: Path, source: str | None = None) -> list[tuple[int, float]]:
+    """[(step, bits per byte)] of the val records of a run's metrics.jsonl (empty without the file or the figure);
+    with `source`, that source's figure of a mixture's records."""
     import json
 
     from scalegpt.metrics import METRICS_FILE
@@ -37,9 +39,19 @@ def val_bpb(run_dir: Path) -> list[tuple[int, float]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("kind") == "val" and isinstance(row.get("bpb"), (int, float)):
-            out.append((int(row["step"]), float(row["bpb"])))
+        if not isinstance(row, dict) or row.get("kind") != "val":
+            continue
+        step = int(row["step"])
+        if source is not None:
+            row = (row.get("sources") or {}).get(source) if isinstance(row.get("sources"), dict) else None
+        if isinstance(row, dict) and isinstance(row.get("bpb"), (int, float)):
+            out.append((step, float(row["bpb"])))
     return out
+
+
+def mixture_sources(series: dict) -> list[str]:
+    """The source names of a mixture's per-source val lines in log.txt (`{step} val:NAME {loss}`)."""
+    return [kind.split(":", 1)[1] for kind in series if kind.startswith("val:")]
 
 
 def smooth(values: list[float], weight: float) -> list[float]:
@@ -83,7 +95,9 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
     for i, (run, series, per_step) in enumerate(runs):
         color = colors[i % len(colors)]
         label = run.name if len(runs) > 1 else ""
-        for kind, style in (("train", dict(alpha=0.9, lw=1)), ("val", dict(marker="o", ms=3, lw=1.5, ls="--"))):
+        per_source = [(f"val:{name}", dict(marker=".", ms=3, lw=1, ls=":")) for name in mixture_sources(series)]
+        for kind, style in (("train", dict(alpha=0.9, lw=1)), ("val", dict(marker="o", ms=3, lw=1.5, ls="--")),
+                            *per_source):
             points = series.get(kind, [])
             if not points:
                 continue
@@ -101,6 +115,10 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
             if points:
                 bpb_ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[i % len(colors)],
                             marker="o", ms=3, lw=1.5, ls="--", label=f"{run.name if len(runs) > 1 else ''} val".strip())
+            for name in mixture_sources(runs[i][1]):  # a mixture: each source's bpb too
+                points = val_bpb(run, name)
+                bpb_ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[i % len(colors)],
+                            marker=".", ms=3, lw=1, ls=":", label=f"{run.name if len(runs) > 1 else ''} val:{name}".strip())
         bpb_ax.set_xlabel("step")
         bpb_ax.set_ylabel("val bits per byte")
         bpb_ax.grid(alpha=0.3)

@@ -26,7 +26,7 @@ from scalegpt import config as cfg_mod
 from scalegpt._fs import write_text_atomically
 from scalegpt.checkpoint import recorded_precision, rng_state, set_rng_state
 from scalegpt.checkpoint.train_state import prepare_run_dir
-from scalegpt.config import Config, DataSection
+from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
@@ -113,17 +113,16 @@ class Trainer:
         return pick_precision(requested, self.device)
 
     def _build_data(self) -> None:
-        from scalegpt.data import DataLoader, open_dataset
         from scalegpt.tokenizer import token_byte_lengths, tokenizer_from_spec
+        from scalegpt.train_data import RunData
 
         c = self.config
-        if not c.data.dir:
-            raise ScalegptError("data.dir is not set: pass --data.dir DIR (a directory written by `scalegpt prepare`)")
-        self.train_data = open_dataset(c.data.dir, split=c.data.train_split)
-        self.tokenizer_spec = self.train_data.tokenizer_spec
-        self.tokenizer = tokenizer_from_spec(self.tokenizer_spec)
         self.seq_len = cfg_mod.seq_len(c)
         world = self.strategy.world_size
+        self.data = RunData(c, self.seq_len, self.strategy.rank, world, self.device, say=self.say)
+        self.train_data = self.data.sources[0].train
+        self.tokenizer_spec = self.data.tokenizer_spec
+        self.tokenizer = tokenizer_from_spec(self.tokenizer_spec)
         tokens_per_micro_step = c.train.micro_batch_size * self.seq_len * world
         if c.train.global_batch_tokens % tokens_per_micro_step:
             raise ScalegptError(
@@ -132,29 +131,19 @@ class Trainer:
             )
         self.accum_steps = c.train.global_batch_tokens // tokens_per_micro_step
         self.tokens_per_step = c.train.global_batch_tokens
-        self.loader = DataLoader(self.train_data, seq_len=self.seq_len,
-                                 global_batch_size=c.train.global_batch_tokens // self.seq_len,
-                                 micro_batch_size=c.train.micro_batch_size, rank=self.strategy.rank,
-                                 world_size=world, seed=c.train.seed, shuffle=c.data.shuffle, device=self.device)
-        self.val_data = None
-        if c.eval.interval or c.eval.at_start:
-            splits = self.train_data.meta.get("splits", {})
-            if splits.get(c.data.val_split, {}).get("num_tokens", 0) > 0:
-                self.val_data = open_dataset(c.data.dir, split=c.data.val_split)
-                self.byte_lengths = token_byte_lengths(self.tokenizer)  # bytes per token id, for bits per byte
-            elif c.data.val_split not in splits and c.data.val_split != DataSection.val_split:  # a typo, not a choice
-                raise ScalegptError(f"data.val_split: {c.data.dir} has no split '{c.data.val_split}' "
-                                    f"(has {', '.join(splits)})")
-            else:
-                self.say(f"no '{c.data.val_split}' split in {c.data.dir}: validation loss is off")
+        self.loader = self.data.make_loader(c, c.train.global_batch_tokens // self.seq_len)
+        self.val_data = None  # the (first) source's val split: scalegpt.train_data validates every source
+        if (c.eval.interval or c.eval.at_start) and self.data.open_validation(c):
+            self.val_data = self.data.sources[0].val
+            self.byte_lengths = token_byte_lengths(self.tokenizer)  # bytes per token id, for bits per byte
         self.hellaswag = None
         if c.eval.hellaswag:
             from scalegpt.hellaswag import load_hellaswag
 
             self.hellaswag = load_hellaswag(c.eval.hellaswag, limit=c.eval.hellaswag_examples or None)
-        self.say(f"data: {self.train_data.num_tokens:,} training tokens in {c.data.dir}; "
-                 f"{self.tokens_per_step:,} tokens per step = {c.train.micro_batch_size} sequences x {self.seq_len} "
-                 f"tokens x {world} rank(s) x {self.accum_steps} accumulation step(s)")
+        self.say(f"data: {sum(s.train.num_tokens for s in self.data.sources):,} training tokens in "
+                 f"{self.data.description}; {self.tokens_per_step:,} tokens per step = {c.train.micro_batch_size} "
+                 f"sequences x {self.seq_len} tokens x {world} rank(s) x {self.accum_steps} accumulation step(s)")
 
     def _build_model(self) -> None:
         c = self.config
@@ -249,7 +238,7 @@ class Trainer:
 
     def load_checkpoint(self, directory: Path) -> None:
         state = self.strategy.load_checkpoint(directory, self.raw_model, self.optimizer, self.model_config.to_dict(),
-                                              self.tokenizer_spec, self.config.data.dir)
+                                              self.tokenizer_spec, self.data.description)
         try:
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
@@ -342,7 +331,7 @@ class Trainer:
                                 f", so no checkpoint is written; {self.guard.checkpoint_note()}. Lower the learning "
                                 "rate or check the optim settings, then resume with --resume")
         self.strategy.load_checkpoint(Path(source), self.raw_model, self.optimizer, self.model_config.to_dict(),
-                                      self.tokenizer_spec, self.config.data.dir)
+                                      self.tokenizer_spec, self.data.description)
         self.guard.reject_update(step, restored_from=source)
         self._log_skip(step)
         return True
@@ -379,6 +368,7 @@ class Trainer:
                     if self.strategy.any_rank(self.stops.name is not None):
                         self.stops.name = self.stops.name or "SIGTERM"
                 progress.after_step(loss, norm, lr)
+                self.data.log_epochs(self.step, self.run_log)
                 last = self.step == self.max_steps
                 if c.eval.interval and (self.step % c.eval.interval == 0 or last):
                     with self._paused(evaluation=True):
@@ -430,27 +420,16 @@ class Trainer:
 
         Always through raw_model (never the compiled or wrapped one), and inside fork_rng so that evaluating
         leaves the training RNG streams exactly where they were (exact resume does not depend on eval settings)."""
-        from scalegpt.data import eval_batches
-        from scalegpt.evaluate import evaluate_loss
         from scalegpt.hellaswag import evaluate_hellaswag
 
         c, step = self.config, self.step
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if self.val_data is not None:
-                batches = eval_batches(self.val_data, batch_size=c.eval.batch_size or c.train.micro_batch_size,
-                                       seq_len=self.seq_len, max_tokens=c.eval.tokens, rank=self.strategy.rank,
-                                       world_size=self.strategy.world_size, device=self.device)
-                result = evaluate_loss(self.raw_model, batches, self.device, autocast=self.autocast,
-                                       byte_lengths=self.byte_lengths)
+                result = self.data.validate(self.raw_model, c.eval.batch_size or c.train.micro_batch_size,
+                                            c.eval.tokens, self.autocast, self.byte_lengths)
                 self.val_loss = result["loss"]
-                self.say(f"step {step}: val loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
-                         f"bpb {result['bpb']:.4f}, {result['tokens']:,} tokens)")
-                if self.run_log is not None:
-                    self.run_log.line(step, "val", result["loss"])
-                    self.run_log.record(step, "val", loss=result["loss"], perplexity=result["perplexity"],
-                                        bpb=result["bpb"], tokens=result["tokens"], bytes=result["bytes"],
-                                        tokens_seen=self.tokens_seen)
+                self.data.log_validation(step, result, self.run_log, self.tokens_seen)
             if self.hellaswag is not None:
                 result = evaluate_hellaswag(self.raw_model, self.tokenizer, self.hellaswag, self.device,
                                             autocast=self.autocast, rank=self.strategy.rank,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config, check_value
+from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, TEXT_PARSERS, Config, check_value
 from scalegpt.errors import ScalegptError
 
 try:
@@ -123,7 +123,9 @@ def convert(info: FieldInfo, value, where: str, from_text: bool = False):
     """A value for the field: command-line text (from_text) is parsed to the field's type; then the section's own
     checks (type, finiteness, range, choices: sections.check_value) run, the error naming where the value came from."""
     t = info.type
-    if from_text and isinstance(value, str) and t is not str:
+    if from_text and isinstance(value, str) and info.key in TEXT_PARSERS:
+        value = TEXT_PARSERS[info.key](f"--{info.key}", value)
+    if from_text and isinstance(value, str) and t in (bool, int, float):  # others (data.mix) parse their own text
         try:
             if t is bool:
                 low = value.strip().lower()
@@ -302,8 +304,11 @@ def to_toml(config: Config) -> str:
     lines = []
     for section, values in to_dict(config).items():
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, list)]
         lines.append("")
+        for k, tables in ((k, v) for k, v in values.items() if isinstance(v, list)):  # [[data.mix]]; [] = absent
+            for table in tables:
+                lines += [f"[[{section}.{k}]]", *(f"{name} = {_toml_value(v)}" for name, v in table.items()), ""]
     return "\n".join(lines)
 
 
@@ -315,8 +320,11 @@ def help_text() -> str:
             current = f.section
             lines.append(f"[{current}]")
         choices = CHOICES.get(f.key)
-        kind = "|".join(choices) if choices else f.type.__name__
-        lines.append(f"  --{f.key} {kind} (default {_toml_value(f.default)})  {f.doc}")
+        kind = "|".join(choices) if choices else getattr(f.type, "__name__", str(f.type))
+        default = _toml_value(f.default) if not isinstance(f.default, list) else "none"
+        if isinstance(f.default, list):  # an array of tables; on the command line DIR:WEIGHT,... (sections.parse_mix)
+            kind = "DIR:WEIGHT,DIR:WEIGHT"
+        lines.append(f"  --{f.key} {kind} (default {default})  {f.doc}")
         if f.key == "model.n_layer":
             lines.append(f"  --{PRESET_KEY} {'|'.join(PRESETS)}  a named shape; keys given beside it win")
     return "\n".join(lines)

@@ -124,14 +124,93 @@ def preset_config(name: str, **overrides) -> GPTConfig:
 
 
 @dataclass
+class MixSource:
+    """One `[[data.mix]]` table: a prepared dataset and its share of the training sequences."""
+    dir: str
+    weight: float
+
+
+@dataclass
 class DataSection:
     dir: str = ""  # a dataset directory written by `scalegpt prepare`
     train_split: str = "train"  # split to train on
     val_split: str = "val"  # split for validation loss
     shuffle: bool = True  # shuffle the order of training sequences (seeded, resumable)
+    mix: list[MixSource] = field(default_factory=list)  # several datasets drawn by weight: [[data.mix]] tables {dir, weight}; on the command line DIR:WEIGHT,DIR:WEIGHT
+    align: str = "none"  # none | bos: every training sequence starts at a document start (best-fit packing)
 
     def __post_init__(self):
         check_section(self, "data")
+        if self.dir and self.mix:
+            raise ScalegptError("data.dir and data.mix are both set: give one dataset as data.dir, or several as "
+                                "[[data.mix]] tables, not both")
+
+
+MIN_MIX_SHARE = 1e-6  # a smaller share would need blocks of more than a million sequences (scalegpt.mixture)
+
+
+def parse_mix(key: str, value) -> list[MixSource]:
+    """data.mix as a list of MixSource, from TOML tables or MixSource objects (command-line text: mix_from_text)."""
+    if not isinstance(value, (list, tuple)):
+        raise ScalegptError(f"{key} must be list, got {type(value).__name__} {value!r:.60} (expected [[data.mix]] "
+                            "tables with dir and weight)")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(item, MixSource):
+            item = asdict(item)
+        if not isinstance(item, dict):
+            raise ScalegptError(f"{where} must be a table with keys dir and weight, got {type(item).__name__}")
+        unknown = sorted(set(item) - {"dir", "weight"})
+        missing = sorted({"dir", "weight"} - set(item))
+        if unknown or missing:
+            raise ScalegptError(f"{where} must have exactly the keys dir and weight"
+                                + (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else ""))
+        d, w = item["dir"], item["weight"]
+        if not isinstance(d, str) or not d:
+            raise ScalegptError(f"{where}.dir must be a dataset directory (a non-empty string), got {d!r}")
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w > 0):
+            raise ScalegptError(f"{where}.weight must be a positive finite number, got {w!r}")
+        out.append(MixSource(d, float(w)))
+    dirs = [m.dir for m in out]
+    for d in dirs:
+        if dirs.count(d) > 1:
+            raise ScalegptError(f"{key} lists {d} twice; give each dataset once, with its whole weight")
+    total = sum(m.weight for m in out)
+    for i, m in enumerate(out):
+        if m.weight / total < MIN_MIX_SHARE:
+            raise ScalegptError(f"{key}[{i}].weight {m.weight} is a share of {m.weight / total:.2g} of the mixture, "
+                                f"below the smallest supported {MIN_MIX_SHARE}")
+    return out
+
+
+def mix_from_text(key: str, text: str) -> list:
+    """--data.mix text: TOML's inline form '[{dir = "data/web", weight = 0.7}, ...]' or 'data/web:0.7,data/code:0.3'
+    ("" = no mix)."""
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise ScalegptError(f"{key}: not a TOML array of inline tables ({e}); expected e.g. "
+                                '[{dir = "data/web", weight = 0.7}, {dir = "data/code", weight = 0.3}]') from None
+    out = []
+    for part in text.split(","):
+        d, sep, w = part.strip().rpartition(":")
+        try:
+            out.append({"dir": d, "weight": float(w)})
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ScalegptError(f"{key}: expected DIR:WEIGHT,DIR:WEIGHT (e.g. data/web:0.7,data/code:0.3), got "
+                                f"{part.strip()!r}")
+    return out
 
 
 @dataclass
@@ -297,6 +376,7 @@ CHOICES = {
     "log.progress": ("auto", "true", "false"),
     "dist.strategy": ("auto", "ddp", "fsdp"),
     "dist.backend": ("auto", "nccl", "gloo"),
+    "data.align": ("none", "bos"),
 }
 
 
@@ -317,6 +397,8 @@ RANGES = {
     "guard.spike_window": ">= 2", "guard.spike_zscore": "> 0",
 }
 _DEFAULT_RANGE = ">= 0"
+TABLE_LISTS = {"data.mix": parse_mix}  # fields holding TOML arrays of tables: their own parser and checks
+TEXT_PARSERS = {"data.mix": mix_from_text}  # ... and how the command line spells them
 
 
 @functools.lru_cache(maxsize=None)
@@ -333,6 +415,8 @@ def check_section(section, name: str) -> None:
 
 def check_value(key: str, value, kind: type):
     """`value` as a valid `key` of type `kind`, or a ScalegptError like 'optim.beta1 must be in [0, 1), got 1.5'."""
+    if key in TABLE_LISTS:
+        return TABLE_LISTS[key](key, value)
     if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
         value = float(value)
     elif kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
