@@ -133,13 +133,14 @@ def os_error_cause(e: OSError) -> str:
     return _CAUSES.get(e.errno) or e.strerror or str(e) or type(e).__name__
 
 
+MISSING = "no such file or directory"  # path_problem's answer for a path that does not exist
 _CAUSES = {
     errno.ENOSPC: "disk full",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
-    errno.ENOENT: "no such file or directory",
+    errno.ENOENT: MISSING,
     errno.EISDIR: "is a directory, expected a file",
     errno.ENOTDIR: "a component of the path is not a directory",
     errno.EEXIST: "already exists",
@@ -206,49 +207,64 @@ def fsync_dir(path: Path) -> None:
 MAX_TEXT_BYTES = 1 << 30  # a metadata file this large is not one of ours; reading it could exhaust memory
 
 
-def read_text(path, what: str = "file", missing_hint: str | None = None) -> str:
-    """The UTF-8 text of a regular file, or one ScalegptError naming the file and the true cause."""
+def read_text(path, what: str = "file", missing_hint: str | None = None, kind: str | None = None) -> str:
+    """The UTF-8 text of a regular file, or one ScalegptError naming the file and the true cause (bytes that are not
+    UTF-8 are "not valid `kind`" when the caller expects a format)."""
     path = Path(path)
     why = path_problem(path, "file")
     if why is not None:
         if why == _CAUSES[errno.ENOENT]:
             why = f"not found ({missing_hint})" if missing_hint else "not found"
-        raise ScalegptError(f"{path}: {why}; expected {what}")
+        elif why.startswith("is a directory"):
+            why = "is a directory"
+        raise ScalegptError(f"{path}: {why}, expected {what}")
     try:
         if path.stat().st_size > MAX_TEXT_BYTES:
             raise ScalegptError(f"{path}: {path.stat().st_size:,} bytes, too large for {what}")
         data = path.read_bytes()
     except OSError as e:
-        raise ScalegptError(f"{path}: {os_error_cause(e)}; expected {what}") from None
+        raise ScalegptError(f"{path}: cannot read ({os_error_cause(e)}), expected {what}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ScalegptError(f"{path}: not UTF-8 text (byte {e.start}); expected {what}") from None
+        if kind:
+            raise ScalegptError(f"{path}: not valid {kind} (not UTF-8 text at byte {e.start})") from None
+        raise ScalegptError(f"{path}: not UTF-8 text (byte {e.start}), expected {what}") from None
 
 
-def parse_json(text: str, where: str, what: str = "JSON"):
+def parse_json(text: str, where: str, what: str = "JSON", bad: str | None = None):
     """json.loads, with every decoding failure as one ScalegptError naming `where` (a path or path:line)."""
+    bad = bad or f"not valid {what}"
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         at = f" at line {e.lineno} column {e.colno}" if "\n" in text.strip() else f" at column {e.colno}"
-        raise ScalegptError(f"{where}: not valid {what} ({e.msg}{at})") from None
+        raise ScalegptError(f"{where}: {bad} ({e.msg}{at})") from None
     except RecursionError:
-        raise ScalegptError(f"{where}: not valid {what} (nested too deeply)") from None
+        raise ScalegptError(f"{where}: {bad} (nested too deeply)") from None
     except ValueError as e:
-        raise ScalegptError(f"{where}: not valid {what} ({e})") from None
+        raise ScalegptError(f"{where}: {bad} ({e})") from None
 
 
-def check_keys(data: dict, keys: dict, where: str) -> dict:
-    """Each key of `keys` present in `data` with a value of its type(s) (bool is never taken for an int)."""
+def shape_problem(data, keys: dict) -> str | None:
+    """What keeps `data` from being an object with each key of `keys` holding a value of its type(s) (bool is never
+    taken for an int or a number), or None."""
+    if not isinstance(data, dict):
+        return f"expected an object, got {_type_name(data)}"
     for key, types in keys.items():
         types = types if isinstance(types, tuple) else (types,)
         if key not in data:
-            raise ScalegptError(f"{where}: missing key '{key}'")
+            return f"missing key '{key}'"
         value = data[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise ScalegptError(f"{where}: key '{key}' should be {names}, got {_TYPE_NAMES.get(type(value), type(value).__name__)}")
+            return f"key '{key}' should be {' or '.join(_type_name(t) for t in types)}, got {_type_name(value)}"
+    return None
+
+
+def check_keys(data, keys: dict, where: str) -> dict:
+    problem = shape_problem(data, keys)
+    if problem is not None:
+        raise ScalegptError(f"{where}: {problem}")
     return data
 
 
@@ -256,28 +272,32 @@ _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an inte
                bool: "true/false", type(None): "null"}
 
 
+def _type_name(value_or_type) -> str:
+    t = value_or_type if isinstance(value_or_type, type) else type(value_or_type)
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
 def read_json(path, what: str = "a JSON file", missing_hint: str | None = None):
     """Any JSON value from a file (the caller checks the shape), or one ScalegptError."""
-    return parse_json(read_text(path, what, missing_hint), str(path))
+    return parse_json(read_text(path, what, missing_hint, kind="JSON"), str(path))
 
 
 def read_json_object(path, missing_hint: str | None = None, keys: dict | None = None,
                      what: str = "a JSON object") -> dict:
     """A JSON file holding an object (with `keys` of the given types), or one clear error naming the file: not found
     (with `missing_hint`), not a regular file, not JSON, too deep, not an object, a key missing or of the wrong type."""
-    data = read_json(path, what, missing_hint)
-    if not isinstance(data, dict):
-        raise ScalegptError(f"{path}: expected {what}, got {_TYPE_NAMES.get(type(data), type(data).__name__)}")
-    return check_keys(data, keys or {}, str(path))
+    return check_keys(read_json(path, what, missing_hint), keys or {}, str(path))
 
 
-def read_jsonl(path, keys: dict | None = None, what: str = "a JSON-lines file", text: str | None = None):
-    """[(line number, object)] of a JSON-lines file whose every line is an object with `keys`.
+def read_jsonl(path, keys: dict | None = None, what: str = "a JSON-lines file", record: str = "record",
+               text: str | None = None) -> list[tuple[int, dict]]:
+    """[(line number, object)] of a JSON-lines file whose every line is an object with `keys` (`text`: its content,
+    when the caller has read it already).
 
-    A bad line is one error naming path:line (not skipped: a record silently dropped would change what a comparison,
-    a plot or a resume reports). The one exception is a torn last line without its newline: that is what a run killed
-    mid-write leaves, and the writer starts a fresh line after it."""
-    text = read_text(path, what) if text is None else text
+    A bad line is one error naming path:line, not skipped: a record silently dropped would change what a comparison,
+    a plot or a resumed log reports. The one exception is a torn last line without its newline: that is what a run
+    killed mid-write leaves, and the writer starts a fresh line after it."""
+    text = read_text(path, what, kind="JSON lines") if text is None else text
     lines = text.split("\n")
     out = []
     for n, line in enumerate(lines, 1):
@@ -285,15 +305,15 @@ def read_jsonl(path, keys: dict | None = None, what: str = "a JSON-lines file", 
             continue
         where = f"{path}:{n}"
         try:
-            row = parse_json(line, where, f"JSON ({what})")
+            row = parse_json(line, where, bad=f"not a JSON line; is the file {what}?")
         except ScalegptError:
             if n == len(lines):  # no newline after it: a torn final write
                 continue
             raise
-        if not isinstance(row, dict):
-            raise ScalegptError(f"{where}: expected an object, got {_TYPE_NAMES.get(type(row), type(row).__name__)} "
-                                f"(is it {what}?)")
-        out.append((n, check_keys(row, keys or {}, where)))
+        problem = shape_problem(row, keys or {})
+        if problem is not None:
+            raise ScalegptError(f"{where}: not a {record} ({problem})")
+        out.append((n, row))
     return out
 
 
@@ -303,7 +323,7 @@ def read_toml(path, what: str = "a TOML file") -> dict:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    text = read_text(path, what)
+    text = read_text(path, what, kind="TOML")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -22,7 +22,8 @@ from scalegpt.errors import ScalegptError
 EXPORT_MARKER = "scalegpt_export.json"  # written into every HF export: what makes a directory an export of ours
 
 _NOUNS = {"dataset": "dataset", "run": "run directory", "export": "export", "image": "image",
-          "tokenizer": "SentencePiece model"}
+          "tokenizer": "SentencePiece model", "results": "JSON results file"}
+_FILE_KINDS = ("image", "tokenizer", "results")
 _IMAGE_MAGIC = (b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"<?xml", b"<svg", b"%!PS", b"GIF8", b"II*\x00", b"MM\x00*",
                 b"RIFF")
 
@@ -30,7 +31,7 @@ _IMAGE_MAGIC = (b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"<?xml", b"<svg", b"%!PS"
 def check_output(out, *, kind: str, inputs=(), overwrite: bool = False, reuse: bool = False,
                  flag: str = "--out") -> Path:
     """Raise one ScalegptError unless the command may write `out` (a `kind` directory: dataset, run, export; or a
-    file: image, tokenizer); returns `out` as a Path.
+    file: image, tokenizer, results); returns `out` as a Path.
 
     overwrite: an existing output of ours may be replaced.  reuse: an existing output of ours may be continued
     (train --resume, a prepare that picks up its own interrupted work)."""
@@ -57,8 +58,8 @@ def check_output(out, *, kind: str, inputs=(), overwrite: bool = False, reuse: b
         return path
     except OSError as e:
         raise ScalegptError(f"{where}: {os_error_cause(e)}") from None
-    if kind in ("image", "tokenizer"):
-        return _check_file_output(path, st, kind, where, overwrite or reuse or kind == "image")
+    if kind in _FILE_KINDS:  # a re-run replaces its own image or results file
+        return _check_file_output(path, st, kind, where, overwrite or reuse or kind in ("image", "results"))
     import stat
 
     if not stat.S_ISDIR(st.st_mode):
@@ -111,7 +112,7 @@ def _check_file_output(path: Path, st, kind: str, where: str, may_replace: bool)
     import stat
 
     if stat.S_ISDIR(st.st_mode):
-        what = "give an image path" if kind == "image" else "give a file prefix"
+        what = {"image": "give an image path", "tokenizer": "give a file prefix"}.get(kind, "give a file path")
         raise ScalegptError(f"{where}: is a directory; {what}")
     if not stat.S_ISREG(st.st_mode):
         raise ScalegptError(f"{where}: exists and is not a regular file ({file_type(st)})")
@@ -170,6 +171,16 @@ def _is_image(path: Path) -> bool:
     return any(head.startswith(m) for m in _IMAGE_MAGIC)
 
 
+def _is_results(path: Path) -> bool:
+    from scalegpt._fs import read_json_object
+
+    try:
+        read_json_object(path)
+        return True
+    except ScalegptError:
+        return False
+
+
 def _is_sentencepiece(path: Path) -> bool:
     if path.suffix == ".vocab":  # PREFIX.vocab: "piece<TAB>score" lines
         try:
@@ -187,4 +198,4 @@ def _is_sentencepiece(path: Path) -> bool:
 
 
 _RECOGNISERS = {"dataset": _is_dataset, "run": _is_run, "export": _is_export, "image": _is_image,
-                "tokenizer": _is_sentencepiece}
+                "tokenizer": _is_sentencepiece, "results": _is_results}

@@ -301,7 +301,7 @@ CASES = [
          "c.toml: model.n_layer must be int, got bool True", write("c.toml", "[model]\nn_layer = true\n")),
     Case("train --config unknown section", [*TRAIN, "--config", "{tmp}/c.toml"], "'trian'",
          write("c.toml", "[trian]\nmax_steps = 3\n")),
-    Case("train --config unreadable", [*TRAIN, "--config", "{tmp}/c.toml"], "c.toml: cannot read (Permission denied)",
+    Case("train --config unreadable", [*TRAIN, "--config", "{tmp}/c.toml"], "c.toml: cannot read (permission denied)",
          both(write("c.toml", "[train]\n"), denied("c.toml"))),
     # ---------------------------------------------------------------- train: data and run directories
     Case("train data dir missing", [*TRAIN, "--data.dir", "{tmp}/nodata"], "nodata"),

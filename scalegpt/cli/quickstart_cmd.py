@@ -127,9 +127,9 @@ def run_quickstart(args) -> int:
     if args.sample_tokens < 1:
         raise ScalegptError(f"--sample-tokens must be >= 1, got {args.sample_tokens}")
     started = time.time()
-    from scalegpt.checkpoint.train_state import prepare_run_dir
+    from scalegpt.outputs import check_output
 
-    prepare_run_dir(Path(args.out), resume=False, overwrite=False) if not args.overwrite else None  # fail early
+    check_output(args.out, kind="run", inputs=args.input or (), overwrite=args.overwrite)  # fail before any work
     inputs, name, prompt = choose_inputs(args)
     data_dir = Path(args.data_dir or Path("data") / f"quickstart-{name}")
     overrides = [("data.dir", str(data_dir)), ("eval.prompt", prompt)]

@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import math
+import os
 import re
 import tokenize
 import typing
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config, check_value
+from scalegpt._fs import read_toml
 from scalegpt.errors import ScalegptError
 
 try:
@@ -198,17 +200,9 @@ def config_from_dict(data: dict, where: str = "config", base: Config | None = No
 
 def load_toml(path) -> dict:
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ScalegptError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ScalegptError(f"{path}: is a directory, expected a TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{path}: not valid TOML ({e})") from None
-    except OSError as e:
-        raise ScalegptError(f"{path}: cannot read ({e.strerror})") from None
+    if not os.path.lexists(path):
+        raise ScalegptError(f"{path}: config file not found")
+    return read_toml(path, "a TOML file")  # the one TOML reader: errno causes, FIFOs, any decoding error
 
 
 def parse_override_args(args: list[str]) -> list[tuple[str, str]]:
