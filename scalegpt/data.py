@@ -18,7 +18,6 @@ windows stay disjoint and the order stays a pure function of (seed, epoch).
 """
 from __future__ import annotations
 
-import json
 import mmap
 import numbers
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt._fs import os_error_message
+from scalegpt._fs import os_error_message, read_json
 from scalegpt.errors import ScalegptError
 from scalegpt.tokenizer import check_same_tokenizer, tokenizer_from_spec
 
@@ -50,10 +49,7 @@ def _load_meta(data_dir: Path) -> dict:
         hint = (" (a preparation was interrupted: re-run the same `scalegpt prepare` command)"
                 if (data_dir / ".partial").exists() else " (create one with `scalegpt prepare`)")
         raise ScalegptError(f"{meta_path}: missing, so {data_dir} is not a prepared dataset{hint}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_json(meta_path, "a dataset meta.json")  # the one JSON reader: any depth, FIFOs, errno causes
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ScalegptError(f"{meta_path}: key 'format' should be '{FORMAT}'; not a scalegpt token dataset")
     if meta.get("version") not in SUPPORTED_VERSIONS:

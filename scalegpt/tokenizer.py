@@ -278,11 +278,10 @@ def get_tokenizer(name_or_path: str, text: str | Iterable[str] | None = None) ->
                                 "or give the path of a saved char vocabulary (.json)")
         return CharTokenizer.from_text(text)
     p = Path(name_or_path)
-    if p.suffix == ".json" and p.is_file():
-        try:
-            spec = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ScalegptError(f"{p}: not a char vocabulary JSON file ({e})") from None
+    if p.suffix == ".json" and os.path.lexists(p):
+        from scalegpt._fs import read_json
+
+        spec = read_json(p, "a char vocabulary JSON file")
         if not isinstance(spec, dict) or spec.get("kind") != "char":
             raise ScalegptError(f"{p}: expected a char vocabulary file with \"kind\": \"char\"")
         return tokenizer_from_spec(spec)

@@ -306,7 +306,7 @@ CASES = [
     # ---------------------------------------------------------------- train: data and run directories
     Case("train data dir missing", [*TRAIN, "--data.dir", "{tmp}/nodata"], "nodata"),
     Case("train data dir is a file", [*TRAIN, "--data.dir", "{input}"], "input.txt: is a file, expected a dataset"),
-    Case("train data dir not a dataset", [*TRAIN, "--data.dir", "{tmp}"], "meta.json"),
+    Case("train data dir not a dataset", [*TRAIN, "--data.dir", "{tmp}/d"], "meta.json", write("d/x.txt", "x")),
     Case("train no data dir", ["train", *TINY_TRAIN, "--out", "{tmp}/run"], "data.dir"),
     Case("train unknown train split", [*TRAIN, "--data.train_split", "nope"], "no split 'nope' (has train, val)"),
     Case("train unknown val split", [*TRAIN, "--data.val_split", "nope", "--eval.interval", "1"],
@@ -517,7 +517,8 @@ CASES = [
     Case("tokenizer input empty", ["tokenizer", "train", "--input", "{tmp}/e.txt", "--vocab-size", "50",
                                    "--out", "{tmp}/t"], "no text found", write("e.txt", "\n\n")),
     Case("tokenizer --out under a file", ["tokenizer", "train", "--input", "{input}", "--vocab-size", "400",
-                                          "--out", "{tmp}/f/t"], "f: already exists", write("f", "x")),
+                                          "--out", "{tmp}/f/t"], "f/t.model: a component of the path is not a directory",
+         write("f", "x")),
     Case("tokenizer vocab smaller than the alphabet", ["tokenizer", "train", "--input", "{input}", "--vocab-size",
                                                        "50", "--out", "{tmp}/t"], "Increase vocab_size"),
     # ---------------------------------------------------------------- quickstart

@@ -83,14 +83,13 @@ def choose_inputs(args) -> tuple[list[str], str, str]:
 
 def prepare_data(inputs: list[str], data_dir: Path, tokenizer: str, overwrite: bool) -> None:
     """Prepare once; a later quickstart on the same files reuses the tokens."""
-    import json
-
+    from scalegpt._fs import read_json_object
     from scalegpt.errors import ScalegptError
     from scalegpt.prepare import prepare
 
     meta_path = data_dir / "meta.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json_object(meta_path, what="a dataset meta.json")
         from scalegpt.sources import discover
 
         # the same files with the same sizes (folders expanded as prepare expands them)

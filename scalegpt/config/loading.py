@@ -22,14 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config, check_value
 from scalegpt._fs import read_toml
+from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, Config, check_value
 from scalegpt.errors import ScalegptError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 
 # ------------------------------------------------------------------------------------------------------ field table
