@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt._fs import os_error_message, read_json
+from scalegpt._fs import MISSING, os_error_message, path_problem, read_json
 from scalegpt.errors import ScalegptError
 from scalegpt.tokenizer import check_same_tokenizer, tokenizer_from_spec
 
@@ -43,8 +43,10 @@ def _load_meta(data_dir: Path) -> dict:
     meta_path = data_dir / "meta.json"
     if data_dir.exists() and not data_dir.is_dir():
         raise ScalegptError(f"{data_dir}: is a file, expected a dataset directory written by `scalegpt prepare`")
-    if not data_dir.is_dir():
-        raise ScalegptError(f"{data_dir}: no such dataset directory (create one with `scalegpt prepare`)")
+    why = path_problem(data_dir, "dir")  # the true cause: a symlink loop or a denied folder is not "missing"
+    if why is not None:
+        what = "no such dataset directory" if why == MISSING else why
+        raise ScalegptError(f"{data_dir}: {what} (create one with `scalegpt prepare`)")
     if not meta_path.is_file():
         hint = (" (a preparation was interrupted: re-run the same `scalegpt prepare` command)"
                 if (data_dir / ".partial").exists() else " (create one with `scalegpt prepare`)")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from scalegpt._fs import read_json_object, write_dir_atomically
+from scalegpt._fs import MISSING, path_problem, read_json_object, write_dir_atomically
 from scalegpt.outputs import EXPORT_MARKER, check_output
 from scalegpt.checkpoint import (TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked,
                                  refuse_nonfinite)
@@ -55,8 +55,9 @@ def load_pretrained_with_tokenizer(name_or_dir: str, device: str | torch.device 
         return load_model_dir(path, device=device)
     if path.is_dir():
         return _load_hf_dir(path, device)
-    if path.exists():
-        raise ScalegptError(f"{path}: expected a model directory, not a file")
+    why = path_problem(path, "dir")
+    if why is not None and why != MISSING:  # a file, a FIFO, a symlink loop, a denied folder: say so
+        raise ScalegptError(f"{path}: {why}, expected a model directory")
     if str(name_or_dir).removeprefix("openai-community/") in HUB_NAMES:
         return _load_hf_dir(_download(str(name_or_dir)), device)
     raise ScalegptError(

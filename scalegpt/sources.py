@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from scalegpt._fs import atomic_file, parse_json
+from scalegpt._fs import atomic_file, parse_json, path_problem
 from scalegpt.errors import ScalegptError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -92,8 +92,8 @@ def discover(inputs: list[str | os.PathLike], exclude: Path | None = None) -> li
         elif p.is_file():
             kind, comp = classify(p, explicit=True)
             files.append(InputFile(p, kind, comp, p.stat().st_size))
-        else:
-            raise ScalegptError(f"{p}: no such file or directory")
+        else:  # the true cause from stat: missing, a symlink loop, a denied folder, a FIFO or a device
+            raise ScalegptError(f"{p}: {path_problem(p) or 'not a regular file'}")
     return files
 
 

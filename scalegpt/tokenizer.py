@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from scalegpt._fs import MISSING, path_problem
 from scalegpt.errors import ScalegptError
 
 EOT_TEXT = "<|endoftext|>"
@@ -186,8 +187,9 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
         p = Path(path)
-        if not p.is_file():
-            raise ScalegptError(f"{p}: SentencePiece model file not found")
+        why = path_problem(p)  # the true cause: a loop, a denied folder or a FIFO is not "not found"
+        if why is not None:
+            raise ScalegptError(f"{p}: {'SentencePiece model file not found' if why == MISSING else why}")
         return cls(p.read_bytes(), source=str(p))
 
     def encode(self, text: str) -> list[int]:
@@ -261,8 +263,8 @@ def _text_files(inputs: Iterable[str | os.PathLike]) -> Iterable[Path]:
             yield from sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         elif p.is_file():
             yield p
-        else:
-            raise ScalegptError(f"{p}: no such file or directory")
+        else:  # the true cause from stat: missing, a symlink loop, a denied folder, a FIFO or a device
+            raise ScalegptError(f"{p}: {path_problem(p) or 'not a regular file'}")
 
 
 # -------------------------------------------------------------------------------------------------------- look-ups
@@ -279,9 +281,10 @@ def get_tokenizer(name_or_path: str, text: str | Iterable[str] | None = None) ->
         return CharTokenizer.from_text(text)
     p = Path(name_or_path)
     if p.suffix == ".json" and os.path.lexists(p):
-        from scalegpt._fs import read_json
+        from scalegpt._fs import parse_json, read_text
 
-        spec = read_json(p, "a char vocabulary JSON file")
+        spec = parse_json(read_text(p, "a char vocabulary JSON file", kind="JSON"), str(p),
+                          bad="not a char vocabulary JSON file")
         if not isinstance(spec, dict) or spec.get("kind") != "char":
             raise ScalegptError(f"{p}: expected a char vocabulary file with \"kind\": \"char\"")
         return tokenizer_from_spec(spec)

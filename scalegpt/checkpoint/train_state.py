@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt._fs import write_dir_atomically
+from scalegpt._fs import MISSING, path_problem, write_dir_atomically
 from scalegpt.checkpoint.model_dir import is_model_dir, step_number, write_model_files
 from scalegpt.config import load_toml
 from scalegpt.errors import ScalegptError
@@ -175,9 +175,10 @@ def recorded_precision(directory) -> str | None:
 def load_state(directory) -> dict:
     """The trainer state of a checkpoint directory, read without ever unpickling code."""
     path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise ScalegptError(f"{path}: not found; {directory} is not a training checkpoint "
-                            "(a model-only directory can be sampled or exported, not resumed)")
+    why = path_problem(path)
+    if why is not None:
+        raise ScalegptError(f"{path}: {'not found' if why == MISSING else why}; {directory} is not a training "
+                            "checkpoint (a model-only directory can be sampled or exported, not resumed)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
