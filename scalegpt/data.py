@@ -47,7 +47,10 @@ def _load_meta(data_dir: Path) -> dict:
     if why is not None:
         what = "no such dataset directory" if why == MISSING else why
         raise ScalegptError(f"{data_dir}: {what} (create one with `scalegpt prepare`)")
-    if not meta_path.is_file():
+    why = path_problem(meta_path)
+    if why is not None and why != MISSING:  # a FIFO, a folder, a symlink loop: the true cause, not "missing"
+        raise ScalegptError(f"{meta_path}: {why}, expected a dataset meta.json")
+    if why == MISSING:
         hint = (" (a preparation was interrupted: re-run the same `scalegpt prepare` command)"
                 if (data_dir / ".partial").exists() else " (create one with `scalegpt prepare`)")
         raise ScalegptError(f"{meta_path}: missing, so {data_dir} is not a prepared dataset{hint}")

@@ -65,6 +65,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs=()) -> 
     if not run_dir.is_dir():
         raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
     if resume:
+        from scalegpt.metrics import METRICS_FILE, read_metrics_file
+
+        if os.path.lexists(run_dir / METRICS_FILE):  # a damaged log stops the resume before anything is rewritten
+            read_metrics_file(run_dir / METRICS_FILE)
         latest = latest_checkpoint(run_dir)
         refuse_damaged_newer(run_dir, latest)
         return latest
