@@ -29,7 +29,7 @@ import numpy as np
 
 from scalegpt._fs import atomic_file, fsync_dir, read_json_object, write_text_atomically
 from scalegpt.errors import ScalegptError
-from scalegpt.outputs import check_output
+from scalegpt.outputs import check_output, check_output_path
 from scalegpt.sources import Source, discover
 from scalegpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, get_tokenizer, tokenizer_from_spec
 
@@ -209,7 +209,7 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
             workers: int = 1, encoding: str = "utf-8", errors: str = "strict", overwrite: bool = False,
             command: list[str] | None = None, progress: bool = True) -> dict:
     """Prepare a dataset directory; returns its meta dict. See the module docstring for the layout and guarantees."""
-    out = Path(out)
+    out = check_output_path(out)  # before Path(): Path("") is "."
     if shard_tokens < 1:
         raise ScalegptError(f"--shard-tokens must be >= 1, got {shard_tokens}")
     if workers < 1:

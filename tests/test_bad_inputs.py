@@ -589,10 +589,10 @@ CASES = [
     # ---------------------------------------------------------------- issue 20.1: outputs never destroy inputs
     Case("export --overwrite onto its source run", ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/run",
                                                     "--overwrite"], "is the input", copy("run"), survives=("{tmp}/run",)),
-    Case("export --overwrite onto its checkpoint", ["export", "--checkpoint", "{tmp}/run/checkpoints/step_4", "--out",
-                                                    "{tmp}/run/checkpoints/step_4", "--overwrite"], "is the input",
+    Case("export --overwrite onto its checkpoint", ["export", "--checkpoint", "{tmp}/run/checkpoints/step_000004", "--out",
+                                                    "{tmp}/run/checkpoints/step_000004", "--overwrite"], "is the input",
          copy("run"), survives=("{tmp}/run",)),
-    Case("export --overwrite over the run holding it", ["export", "--checkpoint", "{tmp}/run/checkpoints/step_2",
+    Case("export --overwrite over the run holding it", ["export", "--checkpoint", "{tmp}/run/checkpoints/step_000002",
                                                         "--out", "{tmp}/run", "--overwrite"], "contains the input",
          copy("run"), survives=("{tmp}/run",)),
     Case("export into its source run", ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/run/hf"],

@@ -78,7 +78,7 @@ def resolve_checkpoint(path) -> Path:
     for broken in ([p] if (p / "config.json").is_file() else []) + sorted((p / "checkpoints").glob("step_*"))[::-1]:
         read_config(broken)  # a checkpoint whose config.json is unreadable: name the file and the reason
     why = path_problem(p, "dir")  # the true cause: a symlink loop or a denied folder is not "missing"
-    if why is not None:
+    if why is not None and "(a regular file)" not in why:  # a plain file gets the explanation below
         raise ScalegptError(f"{p}: {'no such checkpoint or run directory' if why == MISSING else why}")
     raise ScalegptError(f"{p}: neither a checkpoint directory (config.json + model.safetensors) "
                         "nor a run directory with checkpoints/step_*")
