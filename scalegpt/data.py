@@ -115,8 +115,9 @@ def check_token_rows(ds: "Dataset", rows: np.ndarray, where: list[tuple[int, int
 
 def _check_shard(path: Path, dtype: str, num_tokens: int) -> None:
     """Length and dtype from the .npy header against meta.json: cheap (reads the header, maps nothing)."""
-    if not path.is_file():
-        raise ScalegptError(f"{path}: shard listed in meta.json is missing")
+    why = path_problem(path)  # before np.load: a FIFO would block, a symlink loop is not "missing"
+    if why is not None:
+        raise ScalegptError(f"{path}: shard listed in meta.json is {'missing' if why == MISSING else why}")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except OSError as e:

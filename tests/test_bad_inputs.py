@@ -739,6 +739,8 @@ CASES = [
          fifo("h.jsonl")),
     Case("hellaswag file symlink loop", [*HELLASWAG, "--file", "{tmp}/h.jsonl"], "symbolic links",
          symlink_loop("h.jsonl")),
+    Case("train shard is a FIFO", [*TRAIN, "--data.dir", "{tmp}/data"], "not a regular file (a FIFO)",
+         copy("data", fifo_in("train_000000.npy"))),
     Case("compare metrics.jsonl is a FIFO", ["compare", "{tmp}/run"], "not a regular file (a FIFO)",
          copy("run", fifo_in("metrics.jsonl"))),
     Case("compare run dir symlink loop", ["compare", "{tmp}/loop"], "symbolic links", symlink_loop("loop")),
