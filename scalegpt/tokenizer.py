@@ -291,7 +291,9 @@ def get_tokenizer(name_or_path: str, text: str | Iterable[str] | None = None) ->
     if p.is_file():
         return SentencePieceTokenizer.from_file(p)
     if os.path.lexists(p):  # there, but a symlink loop, a FIFO, a folder: say so rather than "unknown tokenizer"
-        raise ScalegptError(f"{p}: {path_problem(p)}, expected a SentencePiece .model file or a char .json file")
+        why = (path_problem(p) or "not a regular file").split(",")[0]
+        raise ScalegptError(f"--tokenizer {p}: {why}; expected 'gpt2', 'char', a SentencePiece .model file or a char "
+                            ".json file")
     raise ScalegptError(
         f"unknown tokenizer '{name_or_path}'; expected 'gpt2', 'char', a SentencePiece .model file or a char .json file"
     )
