@@ -1,4 +1,6 @@
-"""Files that are whole or absent: the one atomic writer (for a file or a directory) and the one JSON-object reader.
+"""Files that are whole or absent, and read in one way: the one atomic writer (for a file or a directory), the one
+reader per file kind (`read_json_object`/`read_json`, `read_jsonl`, `read_toml`), and the true cause of an OS error
+(`os_error_message`, `path_problem`: from the errno and the file type, never guessed).
 
 Everything scalegpt writes that a crash must not leave half-written (checkpoints, dataset shards and meta.json, run
 logs, plots, downloads) goes through `atomic_file` or `write_dir_atomically`: write beside the target under a hidden
