@@ -1,4 +1,6 @@
-"""Files that are whole or absent: the one atomic writer (for a file or a directory) and the one JSON-object reader.
+"""Files that are whole or absent, and read in one way: the one atomic writer (for a file or a directory), the one
+reader per file kind (`read_json_object`/`read_json`, `read_jsonl`, `read_toml`), and the true cause of an OS error
+(`os_error_message`, `path_problem`: from the errno and the file type, never guessed).
 
 Everything scalegpt writes that a crash must not leave half-written (checkpoints, dataset shards and meta.json, run
 logs, plots, downloads) goes through `atomic_file` or `write_dir_atomically`: write beside the target under a hidden
@@ -12,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from scalegpt.errors import ScalegptError
@@ -123,23 +126,65 @@ def _write_error(final: Path, e: Exception, label: str = "checkpoint") -> str | 
 
 
 def os_error_message(e: OSError) -> str:
-    """One line for an OSError: 'PATH: cause', the cause in words for the errors a user meets."""
-    cause = _CAUSES.get(e.errno) or e.strerror or str(e) or type(e).__name__
+    """One line for an OSError: 'PATH: cause', the cause taken from its errno (never guessed from the type)."""
     paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
-    return f"{' -> '.join(paths)}: {cause}" if paths else cause
+    return f"{' -> '.join(paths)}: {os_error_cause(e)}" if paths else os_error_cause(e)
 
 
+def os_error_cause(e: OSError) -> str:
+    return _CAUSES.get(e.errno) or e.strerror or str(e) or type(e).__name__
+
+
+MISSING = "no such file or directory"  # path_problem's answer for a path that does not exist
 _CAUSES = {
     errno.ENOSPC: "disk full",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
-    errno.ENOENT: "no such file or directory",
+    errno.ENOENT: MISSING,
     errno.EISDIR: "is a directory, expected a file",
-    errno.ENOTDIR: "not a directory",
+    errno.ENOTDIR: "a component of the path is not a directory",
     errno.EEXIST: "already exists",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error (a failing disk?)",
+    errno.ENXIO: "no such device (a socket or device file?)",
+    errno.EMFILE: "too many open files",
+    errno.ENOTEMPTY: "directory not empty",
+    errno.EBUSY: "device or resource busy",
+    errno.ETXTBSY: "text file busy",
 }
+
+
+def path_problem(path, want: str = "file") -> str | None:
+    """Why `path` is not a readable `want` ("file": a regular file, "dir": a directory), or None when it is one.
+
+    The cause comes from stat's errno and the file type, so a symlink loop, a denied parent or a FIFO is named as
+    such rather than guessed to be missing. Checking before opening matters for a FIFO: opening one blocks."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return os_error_cause(e)
+    except ValueError:  # an embedded NUL byte
+        return "not a valid path"
+    if want == "dir":
+        return None if stat.S_ISDIR(st.st_mode) else f"not a directory ({file_type(st)})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, expected a file"
+    return f"not a regular file ({file_type(st)})"
+
+
+def file_type(st: os.stat_result) -> str:
+    m = st.st_mode
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
+        if test(m):
+            return name
+    return "an unknown kind of file"
 
 
 def fsync_dir(path: Path) -> None:
@@ -156,17 +201,136 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_json_object(path, missing_hint: str) -> dict:
-    """A JSON file holding an object, or one clear error: not found (with `missing_hint`), not JSON, not an object."""
+# ------------------------------------------------------------------------------------------ the one reader per kind
+# Every JSON, JSON-lines and TOML file scalegpt reads comes through here: one place that names the file (and line),
+# reports OS errors by errno, refuses what is not a regular file, and turns any decoding failure into one line —
+# including those json/tomllib raise as RecursionError (deep nesting) or plain ValueError (a 5000-digit integer).
+
+MAX_TEXT_BYTES = 1 << 30  # a metadata file this large is not one of ours; reading it could exhaust memory
+
+
+def read_text(path, what: str = "file", missing_hint: str | None = None, kind: str | None = None) -> str:
+    """The UTF-8 text of a regular file, or one ScalegptError naming the file and the true cause (bytes that are not
+    UTF-8 are "not valid `kind`" when the caller expects a format)."""
     path = Path(path)
+    why = path_problem(path, "file")
+    if why is not None:
+        if why == _CAUSES[errno.ENOENT]:
+            why = f"not found ({missing_hint})" if missing_hint else "not found"
+        elif why.startswith("is a directory"):
+            why = "is a directory"
+        raise ScalegptError(f"{path}: {why}, expected {what}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScalegptError(f"{path}: not found ({missing_hint})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{path}: not valid JSON ({e})") from None
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise ScalegptError(f"{path}: {path.stat().st_size:,} bytes, too large for {what}")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ScalegptError(f"{path}: cannot read ({os_error_cause(e)}), expected {what}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if kind:
+            raise ScalegptError(f"{path}: not valid {kind} (not UTF-8 text at byte {e.start})") from None
+        raise ScalegptError(f"{path}: not UTF-8 text (byte {e.start}), expected {what}") from None
+
+
+def parse_json(text: str, where: str, what: str = "JSON", bad: str | None = None):
+    """json.loads, with every decoding failure as one ScalegptError naming `where` (a path or path:line)."""
+    bad = bad or f"not valid {what}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f" at line {e.lineno} column {e.colno}" if "\n" in text.strip() else f" at column {e.colno}"
+        raise ScalegptError(f"{where}: {bad} ({e.msg}{at})") from None
+    except RecursionError:
+        raise ScalegptError(f"{where}: {bad} (nested too deeply)") from None
+    except ValueError as e:
+        raise ScalegptError(f"{where}: {bad} ({e})") from None
+
+
+def shape_problem(data, keys: dict) -> str | None:
+    """What keeps `data` from being an object with each key of `keys` holding a value of its type(s) (bool is never
+    taken for an int or a number), or None."""
     if not isinstance(data, dict):
-        raise ScalegptError(f"{path}: expected a JSON object")
+        return f"expected an object, got {_type_name(data)}"
+    for key, types in keys.items():
+        types = types if isinstance(types, tuple) else (types,)
+        if key not in data:
+            return f"missing key '{key}'"
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"key '{key}' should be {' or '.join(_type_name(t) for t in types)}, got {_type_name(value)}"
+    return None
+
+
+def check_keys(data, keys: dict, where: str) -> dict:
+    problem = shape_problem(data, keys)
+    if problem is not None:
+        raise ScalegptError(f"{where}: {problem}")
     return data
 
 
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _type_name(value_or_type) -> str:
+    t = value_or_type if isinstance(value_or_type, type) else type(value_or_type)
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
+def read_json(path, what: str = "a JSON file", missing_hint: str | None = None):
+    """Any JSON value from a file (the caller checks the shape), or one ScalegptError."""
+    return parse_json(read_text(path, what, missing_hint, kind="JSON"), str(path))
+
+
+def read_json_object(path, missing_hint: str | None = None, keys: dict | None = None,
+                     what: str = "a JSON object") -> dict:
+    """A JSON file holding an object (with `keys` of the given types), or one clear error naming the file: not found
+    (with `missing_hint`), not a regular file, not JSON, too deep, not an object, a key missing or of the wrong type."""
+    return check_keys(read_json(path, what, missing_hint), keys or {}, str(path))
+
+
+def read_jsonl(path, keys: dict | None = None, what: str = "a JSON-lines file", record: str = "record",
+               text: str | None = None) -> list[tuple[int, dict]]:
+    """[(line number, object)] of a JSON-lines file whose every line is an object with `keys` (`text`: its content,
+    when the caller has read it already).
+
+    A bad line is one error naming path:line, not skipped: a record silently dropped would change what a comparison,
+    a plot or a resumed log reports. The one exception is a torn last line without its newline: that is what a run
+    killed mid-write leaves, and the writer starts a fresh line after it."""
+    text = read_text(path, what, kind="JSON lines") if text is None else text
+    lines = text.split("\n")
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = parse_json(line, where, bad=f"not a JSON line; is the file {what}?")
+        except ScalegptError:
+            if n == len(lines):  # no newline after it: a torn final write
+                continue
+            raise
+        problem = shape_problem(row, keys or {})
+        if problem is not None:
+            raise ScalegptError(f"{where}: not a {record} ({problem})")
+        out.append((n, row))
+    return out
+
+
+def read_toml(path, what: str = "a TOML file") -> dict:
+    """A TOML file as a dict, or one ScalegptError naming the file (and the line tomllib reports)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    text = read_text(path, what, kind="TOML")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScalegptError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ScalegptError(f"{path}: not valid TOML (nested too deeply)") from None
+    except ValueError as e:
+        raise ScalegptError(f"{path}: not valid TOML ({e})") from None

@@ -14,13 +14,13 @@ Figures of a run (None when the run did not record them):
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scalegpt._fs import MISSING, path_problem
 from scalegpt.errors import ScalegptError
-from scalegpt.metrics import METRICS_FILE
+from scalegpt.metrics import METRICS_FILE, read_metrics_file
 
 FIGURES = ("final_val_loss", "best_val_loss", "final_bpb", "best_bpb", "hellaswag", "tokens", "wall_s", "tokens_per_s")
 
@@ -44,28 +44,14 @@ class RunSummary:
 def read_metrics(run_dir) -> list[dict]:
     """The records of RUN/metrics.jsonl. A torn last line (a run killed mid-write) is skipped; any other bad line, a
     missing or an empty file is a one-line error naming the file."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        what = "no such run directory" if not Path(run_dir).exists() else "not found; is it a scalegpt run directory?"
-        raise ScalegptError(f"{path}: {what}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{path}: cannot read ({e})") from None
-    lines = text.split("\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines):  # no newline after it: a torn final write
-                continue
-            raise ScalegptError(f"{path}:{n}: not a JSON line ({e.msg}); is the file a scalegpt metrics.jsonl?") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or not isinstance(row.get("kind"), str):
-            raise ScalegptError(f"{path}:{n}: not a metrics record (expected an object with an integer step and a kind)")
-        records.append(row)
+    run_dir = Path(run_dir)
+    why = path_problem(run_dir, "dir")
+    if why is not None:
+        raise ScalegptError(f"{run_dir}: {'no such run directory' if why == MISSING else why}")
+    path = run_dir / METRICS_FILE
+    if path_problem(path) == MISSING:
+        raise ScalegptError(f"{path}: not found; is it a scalegpt run directory?")
+    records = [row for _, row in read_metrics_file(path)]
     if not records:
         raise ScalegptError(f"{path}: empty (no records); did the run log anything?")
     return records

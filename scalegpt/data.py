@@ -21,7 +21,6 @@ walked in the same order without offsets. Several datasets by weight: scalegpt.m
 """
 from __future__ import annotations
 
-import json
 import mmap
 import threading
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt._fs import os_error_message
+from scalegpt._fs import MISSING, os_error_message, path_problem, read_json
 from scalegpt.batches import Batches, _int_arg, _to_device
 from scalegpt.errors import ScalegptError
 from scalegpt.tokenizer import check_same_tokenizer, tokenizer_from_spec
@@ -45,16 +44,18 @@ def _load_meta(data_dir: Path) -> dict:
     meta_path = data_dir / "meta.json"
     if data_dir.exists() and not data_dir.is_dir():
         raise ScalegptError(f"{data_dir}: is a file, expected a dataset directory written by `scalegpt prepare`")
-    if not data_dir.is_dir():
-        raise ScalegptError(f"{data_dir}: no such dataset directory (create one with `scalegpt prepare`)")
-    if not meta_path.is_file():
+    why = path_problem(data_dir, "dir")  # the true cause: a symlink loop or a denied folder is not "missing"
+    if why is not None:
+        what = "no such dataset directory" if why == MISSING else why
+        raise ScalegptError(f"{data_dir}: {what} (create one with `scalegpt prepare`)")
+    why = path_problem(meta_path)
+    if why is not None and why != MISSING:  # a FIFO, a folder, a symlink loop: the true cause, not "missing"
+        raise ScalegptError(f"{meta_path}: {why}, expected a dataset meta.json")
+    if why == MISSING:
         hint = (" (a preparation was interrupted: re-run the same `scalegpt prepare` command)"
                 if (data_dir / ".partial").exists() else " (create one with `scalegpt prepare`)")
         raise ScalegptError(f"{meta_path}: missing, so {data_dir} is not a prepared dataset{hint}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_json(meta_path, "a dataset meta.json")  # the one JSON reader: any depth, FIFOs, errno causes
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ScalegptError(f"{meta_path}: key 'format' should be '{FORMAT}'; not a scalegpt token dataset")
     if meta.get("version") not in SUPPORTED_VERSIONS:
@@ -117,8 +118,9 @@ def check_token_rows(ds: "Dataset", rows: np.ndarray, where: list[tuple[int, int
 def _check_shard(path: Path, dtype: str, num_tokens: int, offset: int | None = None) -> None:
     """Length and dtype from the .npy header against meta.json: cheap (reads the header, maps nothing). A raw shard
     (an `offset` in meta.json: llm.c's .bin, see scalegpt.llmc) has its tokens from `offset` to the end of the file."""
-    if not path.is_file():
-        raise ScalegptError(f"{path}: shard listed in meta.json is missing")
+    why = path_problem(path)  # before np.load: a FIFO would block, a symlink loop is not "missing"
+    if why is not None:
+        raise ScalegptError(f"{path}: shard listed in meta.json is {'missing' if why == MISSING else why}")
     if offset is not None:
         expected_size = offset + num_tokens * np.dtype(dtype).itemsize
         if path.stat().st_size != expected_size:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
 
+from scalegpt._fs import MISSING, path_problem
 from scalegpt.errors import ScalegptError
 
 NO_NETWORK = ("task {task} needs to download its dataset from the HuggingFace hub; no network: give it as a local "
@@ -160,8 +161,9 @@ def local_task_config(task_manager, task: str, path, num_fewshot: int | None = N
     from lm_eval.tasks._yaml_loader import load_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ScalegptError(f"--task-file {task}={path}: no such file")
+    why = path_problem(path)
+    if why is not None:
+        raise ScalegptError(f"--task-file {task}={path}: {'no such file' if why == MISSING else why}")
     entry = task_manager.task_index.get(task)
     if entry is None or entry.yaml_path is None or entry.kind.name != "TASK":
         raise ScalegptError(f"--task-file {task}=...: '{task}' is not a single harness task defined by a YAML file")

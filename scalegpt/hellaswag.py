@@ -29,7 +29,6 @@ import bz2
 import contextlib
 import gzip
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scalegpt._fs import atomic_file
+from scalegpt._fs import MISSING, atomic_file, parse_json, path_problem
 from scalegpt.errors import ScalegptError
 
 OFFICIAL_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -104,6 +103,9 @@ def download_official_val() -> Path:
 
 def _read_lines(path: Path) -> list[str]:
     opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
+    why = path_problem(path)  # before opening: a FIFO would block, and a loop or a denied folder is not "missing"
+    if why is not None and why != MISSING:
+        raise ScalegptError(f"{path}: {why}, expected a HellaSwag file")
     try:
         with opener(path, "rb") as f:
             data = f.read()
@@ -142,10 +144,7 @@ def _parse_jsonl(path: Path, lines: list[str], limit: int | None) -> list[HellaS
         if not line.strip():
             continue
         where = f"{path}:{n}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScalegptError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        d = parse_json(line, where)  # the one JSON parser: any nesting depth is one line
         if not isinstance(d, dict) or not {"ctx", "endings"} <= d.keys():
             raise ScalegptError(f"{where}: not a HellaSwag record (expected an object with ctx, endings and label)")
         if "label" not in d or d["label"] in ("", None):

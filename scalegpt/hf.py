@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from scalegpt._fs import read_json_object, write_dir_atomically
+from scalegpt._fs import MISSING, path_problem, read_json_object, write_dir_atomically
+from scalegpt.outputs import EXPORT_MARKER, check_output
 from scalegpt.checkpoint import (TIED_KEY, clean_state_dict, is_model_dir, load_model_dir, load_state_checked,
                                  refuse_nonfinite)
 from scalegpt.errors import ScalegptError
@@ -54,8 +55,9 @@ def load_pretrained_with_tokenizer(name_or_dir: str, device: str | torch.device 
         return load_model_dir(path, device=device)
     if path.is_dir():
         return _load_hf_dir(path, device)
-    if path.exists():
-        raise ScalegptError(f"{path}: expected a model directory, not a file")
+    why = path_problem(path, "dir")
+    if why is not None and why != MISSING:  # a file, a FIFO, a symlink loop, a denied folder: say so
+        raise ScalegptError(f"{path}: {why}, expected a model directory")
     if str(name_or_dir).removeprefix("openai-community/") in HUB_NAMES:
         return _load_hf_dir(_download(str(name_or_dir)), device)
     raise ScalegptError(
@@ -307,10 +309,11 @@ def gpt_config_to_hf(config: GPTConfig, tokenizer_spec: dict | None) -> dict:
     }
 
 
-def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool = False) -> Path:
+def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool = False, inputs=()) -> Path:
     """Write `out_dir` as a HF GPT-2, Llama or Qwen3 directory, by `export_family(model.config)` (config.json,
-    model.safetensors, generation_config.json, tokenizer files for gpt2). An existing non-empty `out_dir` is replaced
-    only with overwrite=True, and only once the new directory is complete."""
+    model.safetensors, generation_config.json, tokenizer files for gpt2, and EXPORT_MARKER). An existing non-empty
+    `out_dir` is replaced only when it is an export of ours, with overwrite=True, and only once the new directory is
+    complete; it may not be, contain or lie inside one of `inputs` (the checkpoint read)."""
     from safetensors.torch import save_file
 
     model = unwrap(model)
@@ -319,12 +322,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
     if tokenizer_spec is not None and tokenizer_spec.get("vocab_size") != config.vocab_size:
         raise ScalegptError(f"model vocab_size {config.vocab_size} does not match its tokenizer's vocab_size "
                             f"{tokenizer_spec.get('vocab_size')} ({tokenizer_spec.get('kind')})")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ScalegptError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ScalegptError(f"{out}: directory exists and is not empty; "
-                            "pass --overwrite (overwrite=True) to replace it")
+    out = check_output(out_dir, kind="export", inputs=inputs, overwrite=overwrite)
 
     if family == "gpt2":
         state = gpt_state_to_hf(model)
@@ -339,6 +337,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
         _write_json(tmp / "config.json", hf_config)
         eot = hf_config["eos_token_id"]
         _write_json(tmp / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+        _write_json(tmp / EXPORT_MARKER, {"format": "scalegpt-hf-export", "version": 1, "family": family})
         if tokenizer_spec is not None:
             _write_json(tmp / TOKENIZER_SPEC_FILE, tokenizer_spec)
             if tokenizer_spec.get("kind") == "gpt2":

@@ -14,12 +14,13 @@ import contextlib
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from scalegpt._fs import write_text_atomically
+from scalegpt._fs import read_jsonl, read_text, write_text_atomically
 from scalegpt.errors import ScalegptError
 
 LOG_FILE = "log.txt"
@@ -37,7 +38,7 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             truncate_after(self.run_dir / LOG_FILE, resume_step, lambda line: int(line.split()[0]))
-            truncate_after(self.run_dir / METRICS_FILE, resume_step, lambda line: int(json.loads(line)["step"]))
+            truncate_metrics_after(self.run_dir / METRICS_FILE, resume_step)
         self._clock_start = time.monotonic() - (last_elapsed(self.run_dir / METRICS_FILE) if resume_step is not None
                                                 else 0.0)
         self._log = open(self.run_dir / LOG_FILE, "a", encoding="utf-8")
@@ -109,16 +110,32 @@ def truncate_after(path: Path, step: int, step_of) -> None:
     write_text_atomically(path, "".join(kept))
 
 
+def read_metrics_file(path, text: str | None = None) -> list[tuple[int, dict]]:
+    """The one reader of a metrics.jsonl: [(line number, record)], each record an object with an integer step and a
+    string kind. A line that is not (a list, a number, no step, deep nesting...) is one error naming path:line; a torn
+    last line is skipped (see _fs.read_jsonl)."""
+    return read_jsonl(path, {"step": int, "kind": str}, what="a scalegpt metrics.jsonl", record="metrics record",
+                      text=text)
+
+
+def truncate_metrics_after(path: Path, step: int) -> None:
+    """Rewrite a metrics.jsonl keeping the records up to `step`. Every line is checked before anything is written, so
+    a damaged file stops the resume with one line and is left as it was."""
+    if not os.path.lexists(path):
+        return
+    text = read_text(path, "a scalegpt metrics.jsonl", kind="JSON lines")
+    lines = text.split("\n")
+    kept = [lines[n - 1] + "\n" for n, row in read_metrics_file(path, text) if row["step"] <= step]
+    write_text_atomically(path, "".join(kept))
+
+
 def last_elapsed(path: Path) -> float:
     """The elapsed_s of the last record of a metrics.jsonl that has one (0 without)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return 0.0
-    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            value = json.loads(line).get("elapsed_s")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(value, (int, float)):
+    for _, row in reversed(read_metrics_file(path)):
+        value = row.get("elapsed_s")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return 0.0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scalegpt._fs import atomic_file
+from scalegpt._fs import MISSING, atomic_file, path_problem
 from scalegpt.errors import ScalegptError
 from scalegpt.metrics import LOG_FILE, read_log
 
@@ -27,25 +27,22 @@ def tokens_per_step(run_dir: Path) -> int | None:
 def val_bpb(run_dir: Path, source: str | None = None) -> list[tuple[int, float]]:
     """[(step, bits per byte)] of the val records of a run's metrics.jsonl (empty without the file or the figure);
     with `source`, that source's figure of a mixture's records."""
-    import json
+    import os
 
-    from scalegpt.metrics import METRICS_FILE
+    from scalegpt.metrics import METRICS_FILE, read_metrics_file
 
     path, out = Path(run_dir) / METRICS_FILE, []
-    if not path.is_file():
+    if not os.path.lexists(path):
         return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    for _, row in read_metrics_file(path):
+        if row["kind"] != "val":
             continue
-        if not isinstance(row, dict) or row.get("kind") != "val":
-            continue
-        step = int(row["step"])
+        step = row["step"]
         if source is not None:
             row = (row.get("sources") or {}).get(source) if isinstance(row.get("sources"), dict) else None
-        if isinstance(row, dict) and isinstance(row.get("bpb"), (int, float)):
-            out.append((step, float(row["bpb"])))
+        bpb = row.get("bpb") if isinstance(row, dict) else None
+        if isinstance(bpb, (int, float)) and not isinstance(bpb, bool):
+            out.append((step, float(bpb)))
     return out
 
 
@@ -83,8 +80,10 @@ def plot_runs(run_dirs, out_path, smoothing: float | None = None) -> Path:
     runs = []
     for run in map(Path, run_dirs):
         log = run / LOG_FILE
-        if not log.is_file():
-            raise ScalegptError(f"{log}: not found; is {run} a scalegpt run directory?")
+        why = path_problem(log)
+        if why is not None:
+            why = "not found" if why == MISSING else why
+            raise ScalegptError(f"{log}: {why}; is {run} a scalegpt run directory?")
         runs.append((run, read_log(log), tokens_per_step(run)))
     bpb = [val_bpb(run) for run, _, _ in runs]
     if any(bpb):

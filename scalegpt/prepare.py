@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scalegpt._fs import atomic_file, fsync_dir, write_text_atomically
+from scalegpt._fs import atomic_file, fsync_dir, read_json_object, write_text_atomically
 from scalegpt.errors import ScalegptError
+from scalegpt.outputs import check_output, check_output_path
 from scalegpt.sources import Source, discover
 from scalegpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, get_tokenizer, tokenizer_from_spec
 
@@ -193,8 +194,8 @@ def _check_output_dir(out: Path, overwrite: bool, fingerprint: str) -> dict | No
     state = None
     if state_file.is_file():
         try:
-            state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError):
+            state = read_json_object(state_file)
+        except ScalegptError:  # damaged scratch: start afresh rather than trust it
             state = None
     resumable = state is not None and state.get("fingerprint") == fingerprint and not overwrite
     strays = sorted(p.name for p in out.glob("*.npy")) if out.is_dir() else []
@@ -216,7 +217,7 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
     the task's share of the inputs (`files`: already discovered `InputFile`s, parquet row groups included), a
     `Tokenizer` built once for all tasks, and `split_by_position` saying how the whole corpus (not the task's share)
     is split into train and val."""
-    out = Path(out)
+    out = check_output_path(out)  # before Path(): Path("") is "."
     if shard_tokens < 1:
         raise ScalegptError(f"--shard-tokens must be >= 1, got {shard_tokens}")
     if workers < 1:
@@ -230,11 +231,9 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ScalegptError(f"--val-fraction must be in [0, 1), got {val_fraction}")
 
-    if out.exists() and not out.is_dir():
-        raise ScalegptError(f"--out {out}: exists and is not a directory")
-    if (out / "meta.json").exists() and not overwrite:
-        raise ScalegptError(f"--out {out}: already holds a prepared dataset (meta.json); "
-                            f"pass --overwrite to replace it, or choose another --out")
+    # A directory holding only the scratch of an interrupted prepare is continued (or restarted) without --overwrite.
+    check_output(out, kind="dataset", inputs=list(inputs), overwrite=overwrite,
+                 reuse=not os.path.lexists(out / "meta.json"))
     if hf_dataset:
         if inputs:
             raise ScalegptError("give --input or --hf-dataset, not both")

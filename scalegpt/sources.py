@@ -13,13 +13,12 @@ import bz2
 import codecs
 import gzip
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from scalegpt._fs import atomic_file
+from scalegpt._fs import atomic_file, parse_json, path_problem
 from scalegpt.errors import ScalegptError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -95,8 +94,8 @@ def discover(inputs: list[str | os.PathLike], exclude: Path | None = None) -> li
         elif p.is_file():
             kind, comp = classify(p, explicit=True)
             files.append(InputFile(p, kind, comp, p.stat().st_size))
-        else:
-            raise ScalegptError(f"{p}: no such file or directory")
+        else:  # the true cause from stat: missing, a symlink loop, a denied folder, a FIFO or a device
+            raise ScalegptError(f"{p}: {path_problem(p) or 'not a regular file'}")
     return files
 
 
@@ -255,10 +254,7 @@ def jsonl_records(inp: InputFile, text_field: str, encoding: str, errors: str,
                     f"pass --encoding ENCODING or --errors replace") from None
             except LookupError:
                 raise ScalegptError(f"--encoding: unknown text encoding '{encoding}'") from None
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScalegptError(f"{inp.path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            record = parse_json(line, f"{inp.path}:{lineno}")  # the one JSON parser: any nesting depth is one line
             if not isinstance(record, dict):
                 raise ScalegptError(f"{inp.path}:{lineno}: expected a JSON object with a '{text_field}' field, "
                                     f"got {type(record).__name__}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from scalegpt._fs import MISSING, path_problem
 from scalegpt.errors import ScalegptError
 
 EOT_TEXT = "<|endoftext|>"
@@ -193,8 +194,9 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
         p = Path(path)
-        if not p.is_file():
-            raise ScalegptError(f"{p}: SentencePiece model file not found")
+        why = path_problem(p)  # the true cause: a loop, a denied folder or a FIFO is not "not found"
+        if why is not None:
+            raise ScalegptError(f"{p}: {'SentencePiece model file not found' if why == MISSING else why}")
         return cls(p.read_bytes(), source=str(p))
 
     def encode(self, text: str) -> list[int]:
@@ -290,8 +292,8 @@ def _text_files(inputs: Iterable[str | os.PathLike]) -> Iterable[Path]:
             yield from sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         elif p.is_file():
             yield p
-        else:
-            raise ScalegptError(f"{p}: no such file or directory")
+        else:  # the true cause from stat: missing, a symlink loop, a denied folder, a FIFO or a device
+            raise ScalegptError(f"{p}: {path_problem(p) or 'not a regular file'}")
 
 
 # -------------------------------------------------------------------------------------------------------- look-ups
@@ -307,16 +309,20 @@ def get_tokenizer(name_or_path: str, text: str | Iterable[str] | None = None) ->
                                 "or give the path of a saved char vocabulary (.json)")
         return CharTokenizer.from_text(text)
     p = Path(name_or_path)
-    if p.suffix == ".json" and p.is_file():
-        try:
-            spec = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ScalegptError(f"{p}: not a char vocabulary JSON file ({e})") from None
+    if p.suffix == ".json" and os.path.lexists(p):
+        from scalegpt._fs import parse_json, read_text
+
+        spec = parse_json(read_text(p, "a char vocabulary JSON file", kind="JSON"), str(p),
+                          bad="not a char vocabulary JSON file")
         if not isinstance(spec, dict) or spec.get("kind") != "char":
             raise ScalegptError(f"{p}: expected a char vocabulary file with \"kind\": \"char\"")
         return tokenizer_from_spec(spec)
     if p.is_file():
         return SentencePieceTokenizer.from_file(p)
+    if os.path.lexists(p):  # there, but a symlink loop, a FIFO, a folder: say so rather than "unknown tokenizer"
+        why = (path_problem(p) or "not a regular file").split(",")[0]
+        raise ScalegptError(f"--tokenizer {p}: {why}; expected 'gpt2', 'char', a SentencePiece .model file or a char "
+                            ".json file")
     raise ScalegptError(
         f"unknown tokenizer '{name_or_path}'; expected 'gpt2', 'char', a SentencePiece .model file or a char .json file"
     )

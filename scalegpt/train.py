@@ -61,7 +61,7 @@ class Trainer:
             resume, overwrite = True, False
         self.stops = StopSignals()  # SIGTERM/SIGINT: save at the end of the step, then exit
         self.progress: Progress | None = None  # set by fit()
-        resume_from = prepare_run_dir(self.run_dir, resume, overwrite) if self.strategy.is_main else None
+        resume_from = prepare_run_dir(self.run_dir, resume, overwrite, [config.data.dir]) if self.strategy.is_main else None
         resume_from = self.strategy.broadcast_object(resume_from)
         self._build(resume_from)
 

@@ -246,6 +246,58 @@ def denied(relpath: str) -> Callable[[Env], None]:
     return setup
 
 
+def symlink_loop(relpath: str) -> Callable[[Env], None]:
+    """{tmp}/RELPATH is a symlink to itself: every stat of it fails with ELOOP."""
+    def setup(env: Env) -> None:
+        path = env.tmp / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(path.name)
+    return setup
+
+
+def fifo(relpath: str) -> Callable[[Env], None]:
+    """{tmp}/RELPATH is a named pipe with no writer: opening it for reading would block forever."""
+    def setup(env: Env) -> None:
+        path = env.tmp / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        os.mkfifo(path)
+    return setup
+
+
+def fifo_in(relpath: str) -> Callable[[Path], None]:
+    """For copy(): replace a file of the copy by a named pipe."""
+    def edit(root: Path) -> None:
+        (root / relpath).unlink()
+        os.mkfifo(root / relpath)
+    return edit
+
+
+def append(relpath: str, content: str) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        with open(root / relpath, "a", encoding="utf-8") as f:
+            f.write(content)
+    return edit
+
+
+def symlink(relpath: str, target: str) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        (env.tmp / relpath).symlink_to(env.tmp / target)
+    return setup
+
+
+def home_is(relpath: str) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        (env.tmp / relpath).mkdir()
+        env.monkeypatch.setenv("HOME", str(env.tmp / relpath))
+    return setup
+
+
+DEEP = "[" * 100_000  # json and tomllib recurse: Python raises RecursionError, not a decoding error
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
+
+
 # ------------------------------------------------------------------------------------------------ the table
 
 TRAIN = ["train", *TINY_TRAIN, "--data.dir", "{data}", "--out", "{tmp}/run", "--train.max_steps", "2"]
@@ -301,12 +353,12 @@ CASES = [
          "c.toml: model.n_layer must be int, got bool True", write("c.toml", "[model]\nn_layer = true\n")),
     Case("train --config unknown section", [*TRAIN, "--config", "{tmp}/c.toml"], "'trian'",
          write("c.toml", "[trian]\nmax_steps = 3\n")),
-    Case("train --config unreadable", [*TRAIN, "--config", "{tmp}/c.toml"], "c.toml: cannot read (Permission denied)",
+    Case("train --config unreadable", [*TRAIN, "--config", "{tmp}/c.toml"], "c.toml: cannot read (permission denied)",
          both(write("c.toml", "[train]\n"), denied("c.toml"))),
     # ---------------------------------------------------------------- train: data and run directories
     Case("train data dir missing", [*TRAIN, "--data.dir", "{tmp}/nodata"], "nodata"),
     Case("train data dir is a file", [*TRAIN, "--data.dir", "{input}"], "input.txt: is a file, expected a dataset"),
-    Case("train data dir not a dataset", [*TRAIN, "--data.dir", "{tmp}"], "meta.json"),
+    Case("train data dir not a dataset", [*TRAIN, "--data.dir", "{tmp}/d"], "meta.json", write("d/x.txt", "x")),
     Case("train no data dir", ["train", *TINY_TRAIN, "--out", "{tmp}/run"], "data.dir"),
     Case("train unknown train split", [*TRAIN, "--data.train_split", "nope"], "no split 'nope' (has train, val)"),
     Case("train unknown val split", [*TRAIN, "--data.val_split", "nope", "--eval.interval", "1"],
@@ -517,7 +569,8 @@ CASES = [
     Case("tokenizer input empty", ["tokenizer", "train", "--input", "{tmp}/e.txt", "--vocab-size", "50",
                                    "--out", "{tmp}/t"], "no text found", write("e.txt", "\n\n")),
     Case("tokenizer --out under a file", ["tokenizer", "train", "--input", "{input}", "--vocab-size", "400",
-                                          "--out", "{tmp}/f/t"], "f: already exists", write("f", "x")),
+                                          "--out", "{tmp}/f/t"], "f/t.model: a component of the path is not a directory",
+         write("f", "x")),
     Case("tokenizer vocab smaller than the alphabet", ["tokenizer", "train", "--input", "{input}", "--vocab-size",
                                                        "50", "--out", "{tmp}/t"], "Increase vocab_size"),
     # ---------------------------------------------------------------- quickstart
@@ -533,6 +586,171 @@ CASES = [
                                       "{tmp}/d"], "nope"),
     Case("quickstart --out is a file", ["quickstart", "--input", "{input}", "--out", "{tmp}/f", "--data-dir",
                                         "{tmp}/d", "--max-steps", "1"], "f", write("f", "x")),
+    # ---------------------------------------------------------------- issue 20.1: outputs never destroy inputs
+    Case("export --overwrite onto its source run", ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/run",
+                                                    "--overwrite"], "is the input", copy("run"), survives=("{tmp}/run",)),
+    Case("export --overwrite onto its checkpoint", ["export", "--checkpoint", "{tmp}/run/checkpoints/step_000004", "--out",
+                                                    "{tmp}/run/checkpoints/step_000004", "--overwrite"], "is the input",
+         copy("run"), survives=("{tmp}/run",)),
+    Case("export --overwrite over the run holding it", ["export", "--checkpoint", "{tmp}/run/checkpoints/step_000002",
+                                                        "--out", "{tmp}/run", "--overwrite"], "contains the input",
+         copy("run"), survives=("{tmp}/run",)),
+    Case("export into its source run", ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/run/hf"],
+         "lies inside the input", copy("run"), survives=("{tmp}/run",)),
+    Case("export through a symlink to its source", ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/link",
+                                                    "--overwrite"], "is the input",
+         both(copy("run"), symlink("link", "run")), survives=("{tmp}/run",)),
+    Case("export --overwrite onto a foreign folder", ["export", "--checkpoint", "{gpt2}", "--out", "{tmp}/mine",
+                                                      "--overwrite"], "refusing to replace it even with --overwrite",
+         write("mine/notes.txt", "keep me"), survives=("{tmp}/mine",)),
+    Case("export onto a foreign folder names its files", ["export", "--checkpoint", "{gpt2}", "--out", "{tmp}/mine"],
+         "it holds notes.txt", write("mine/notes.txt", "keep me"), survives=("{tmp}/mine",)),
+    Case("export --overwrite onto a dataset", ["export", "--checkpoint", "{gpt2}", "--out", "{data}", "--overwrite"],
+         "not a scalegpt export"),
+    Case("export --overwrite onto a checkpoint", ["export", "--checkpoint", "{gpt2}", "--out", "{run}", "--overwrite"],
+         "not a scalegpt export"),
+    Case("export --out empty", ["export", "--checkpoint", "{gpt2}", "--out", "", "--overwrite"], "--out: empty path"),
+    Case("export --out .", ["export", "--checkpoint", "{gpt2}", "--out", ".", "--overwrite"],
+         "is the current directory"),
+    Case("export --out symlink loop", ["export", "--checkpoint", "{gpt2}", "--out", "{tmp}/loop"],
+         "symbolic links", symlink_loop("loop")),
+    Case("prepare --out holds a user's file", [*PREPARE, "--input", "{input}", "--out", "{tmp}/out"],
+         "not a scalegpt dataset; refusing to write into it", write("out/notes.txt", "mine"),
+         survives=("{tmp}/out",)),
+    Case("prepare --overwrite onto a foreign folder", [*PREPARE, "--input", "{input}", "--out", "{tmp}/out",
+                                                       "--overwrite"], "even with --overwrite",
+         write("out/train_000000.npy", "mine"), survives=("{tmp}/out",)),
+    Case("prepare --out is the input folder", [*PREPARE, "--input", "{tmp}/in", "--out", "{tmp}/in", "--overwrite"],
+         "is the input", write("in/a.txt", TEXT), survives=("{tmp}/in",)),
+    Case("prepare --out inside the input folder", [*PREPARE, "--input", "{tmp}/in", "--out", "{tmp}/in/data"],
+         "lies inside the input", write("in/a.txt", TEXT), survives=("{tmp}/in",)),
+    Case("prepare --out holds the input file", [*PREPARE, "--input", "{tmp}/d/a.txt", "--out", "{tmp}/d",
+                                                "--overwrite"], "contains the input", write("d/a.txt", TEXT),
+         survives=("{tmp}/d",)),
+    Case("prepare --out is the input file", [*PREPARE, "--input", "{tmp}/a.txt", "--out", "{tmp}/a.txt"],
+         "is the input", write("a.txt", TEXT), survives=("{tmp}/a.txt",)),
+    Case("prepare --out empty", [*PREPARE, "--input", "{input}", "--out", ""], "--out: empty path"),
+    Case("prepare --out ..", [*PREPARE, "--input", "{input}", "--out", ".."], "is a parent of the current directory"),
+    Case("prepare --overwrite onto a run", [*PREPARE, "--input", "{input}", "--out", "{run}", "--overwrite"],
+         "not a scalegpt dataset"),
+    Case("train --out empty --overwrite", [*TRAIN, "--out", "", "--overwrite"], "--out: empty path"),
+    Case("train --out . --overwrite", [*TRAIN, "--out", ".", "--overwrite"], "is the current directory"),
+    Case("train --out / --overwrite", [*TRAIN, "--out", "/", "--overwrite"], "--out /: is"),
+    Case("train --out home --overwrite", [*TRAIN, "--out", "{tmp}/home", "--overwrite"], "is the home",
+         both(home_is("home"), write("home/notes.txt", "mine")), survives=("{tmp}/home",)),
+    Case("train --overwrite onto a dataset", [*TRAIN, "--out", "{data}", "--overwrite"], "is the input"),
+    Case("train --overwrite onto another dataset", [*TRAIN, "--out", "{tmp}/data", "--overwrite"],
+         "not a scalegpt run directory", copy("data"), survives=("{tmp}/data",)),
+    Case("train --resume in a foreign folder", [*TRAIN, "--out", "{tmp}/mine", "--resume"],
+         "not a scalegpt run directory; refusing to write into it", write("mine/notes.txt", "mine"),
+         survives=("{tmp}/mine",)),
+    Case("train --out inside the dataset", [*TRAIN, "--out", "{data}/run"], "lies inside the input"),
+    Case("train --out under a file", [*TRAIN, "--out", "{tmp}/f/run"], "a component of the path is not a directory",
+         write("f", "x")),
+    Case("plot --out onto its log", ["plot", "{tmp}/run", "--out", "{tmp}/run/log.txt"], "is the input",
+         copy("run"), survives=("{tmp}/run",)),
+    Case("plot --out onto a user's file", ["plot", "{run}", "--out", "{tmp}/notes.png"], "is not an image",
+         write("notes.png", "my notes"), survives=("{tmp}/notes.png",)),
+    Case("plot --out empty", ["plot", "{run}", "--out", ""], "--out: empty path"),
+    Case("plot --out is a FIFO", ["plot", "{run}", "--out", "{tmp}/p.png"], "not a regular file (a FIFO)",
+         fifo("p.png")),
+    Case("compare --out onto its metrics", ["compare", "{run}", "--out", "{run}/metrics.jsonl"], "is the input"),
+    Case("compare --out onto a user's file", ["compare", "{run}", "--out", "{tmp}/n.txt"], "is not an image",
+         write("n.txt", "mine"), survives=("{tmp}/n.txt",)),
+    Case("tokenizer --out onto a user's .model", ["tokenizer", "train", "--input", "{input}", "--vocab-size", "400",
+                                                  "--out", "{tmp}/t"], "not a SentencePiece model",
+         write("t.model", "mine"), survives=("{tmp}/t.model",)),
+    Case("tokenizer --out empty", ["tokenizer", "train", "--input", "{input}", "--vocab-size", "400", "--out", ""],
+         "--out: empty path"),
+    Case("tokenizer --out inside the input folder", ["tokenizer", "train", "--input", "{tmp}/in", "--vocab-size",
+                                                     "400", "--out", "{tmp}/in/t"], "lies inside the input",
+         write("in/a.txt", TEXT), survives=("{tmp}/in",)),
+    Case("quickstart --overwrite onto a foreign folder", ["quickstart", "--input", "{input}", "--out", "{tmp}/mine",
+                                                          "--data-dir", "{tmp}/d", "--overwrite"],
+         "not a scalegpt run directory", write("mine/notes.txt", "mine"), survives=("{tmp}/mine",)),
+    Case("quickstart --out empty", ["quickstart", "--input", "{input}", "--out", "", "--data-dir", "{tmp}/d"],
+         "--out: empty path"),
+    Case("quickstart --data-dir holds a user's file", ["quickstart", "--input", "{input}", "--out", "{tmp}/r",
+                                                       "--data-dir", "{tmp}/mine", "--max-steps", "1"],
+         "not a scalegpt dataset", write("mine/notes.txt", "mine"), survives=("{tmp}/mine",)),
+    # ---------------------------------------------------------------- issue 20.3: one reader per file kind
+    Case("train meta.json nested deeply", [*TRAIN, "--data.dir", "{tmp}/data"], "meta.json: not valid JSON (nested "
+         "too deeply)", copy("data", overwrite("meta.json", DEEP))),
+    Case("train meta.json huge integer", [*TRAIN, "--data.dir", "{tmp}/data"], "meta.json: not valid JSON",
+         copy("data", overwrite("meta.json", "1" * 5000))),
+    Case("sample config.json nested deeply", [*SAMPLE, "--checkpoint", "{tmp}/gpt2"], "config.json: not valid JSON",
+         copy("gpt2", overwrite("config.json", '{"model": ' + DEEP))),
+    Case("export config.json is a list", ["export", "--checkpoint", "{tmp}/gpt2", "--out", "{tmp}/hf"],
+         "config.json: expected an object, got a list", copy("gpt2", overwrite("config.json", "[1, 2]"))),
+    Case("sample --hf config.json nested deeply", [*SAMPLE, "--hf", "{tmp}/hf"], "config.json: not valid JSON",
+         copy("hf", overwrite("config.json", DEEP))),
+    Case("resume metrics line is a list", RESUME, "not a metrics record (expected an object, got a list)",
+         copy("run", append("metrics.jsonl", "[1, 2]\n")), survives=("{tmp}/run",)),
+    Case("resume metrics line is a number", RESUME, "not a metrics record (expected an object, got an integer)",
+         copy("run", append("metrics.jsonl", "5\n")), survives=("{tmp}/run",)),
+    Case("resume metrics line lacks step", RESUME, "not a metrics record (missing key 'step')",
+         copy("run", append("metrics.jsonl", '{"kind": "val", "loss": 1.0}\n')), survives=("{tmp}/run",)),
+    Case("resume metrics line nested deeply", RESUME, "nested too deeply",
+         copy("run", append("metrics.jsonl", DEEP + "\n")), survives=("{tmp}/run",)),
+    Case("plot metrics line is a list", ["plot", "{tmp}/run", "--out", "{tmp}/p.png"], "metrics.jsonl:",
+         copy("run", append("metrics.jsonl", "[1, 2]\n")), survives=("{tmp}/run",)),
+    Case("plot metrics step is a string", ["plot", "{tmp}/run", "--out", "{tmp}/p.png"],
+         "key 'step' should be an integer, got a string",
+         copy("run", append("metrics.jsonl", '{"step": "3", "kind": "val"}\n')), survives=("{tmp}/run",)),
+    Case("compare metrics line is a number", ["compare", "{tmp}/run"], "got an integer",
+         copy("run", append("metrics.jsonl", "7\n")), survives=("{tmp}/run",)),
+    Case("compare metrics line nested deeply", ["compare", "{tmp}/run"], "nested too deeply",
+         copy("run", append("metrics.jsonl", DEEP + "\n")), survives=("{tmp}/run",)),
+    Case("compare metrics step true", ["compare", "{tmp}/run"], "key 'step' should be an integer, got true/false",
+         copy("run", append("metrics.jsonl", '{"step": true, "kind": "val"}\n'))),
+    Case("hellaswag jsonl nested deeply", [*HELLASWAG, "--file", "{tmp}/h.jsonl"], "h.jsonl:1: not valid JSON",
+         write("h.jsonl", '{"ctx": ' + DEEP + "\n")),
+    Case("train --config nested deeply", [*TRAIN, "--config", "{tmp}/c.toml"], "c.toml: not valid TOML",
+         write("c.toml", "a = " + DEEP)),
+    Case("prepare jsonl input nested deeply", [*PREPARE, "--input", "{tmp}/in.jsonl", "--out", "{tmp}/out"],
+         "in.jsonl:1: not valid JSON (nested too deeply)", write("in.jsonl", '{"text": ' + DEEP + "}\n")),
+    Case("prepare char vocabulary nested deeply", [*PREPARE, "--input", "{input}", "--out", "{tmp}/out",
+                                                   "--tokenizer", "{tmp}/v.json"], "v.json: not a char vocabulary",
+         write("v.json", DEEP)),
+    Case("quickstart reused meta.json nested deeply", ["quickstart", "--input", "{input}", "--out", "{tmp}/r",
+                                                       "--data-dir", "{tmp}/data", "--max-steps", "1"],
+         "meta.json: not valid JSON", copy("data", overwrite("meta.json", DEEP))),
+    # ---------------------------------------------------------------- issue 20.4: true causes, from errno
+    Case("train data dir symlink loop", [*TRAIN, "--data.dir", "{tmp}/loop"], "too many levels of symbolic links",
+         symlink_loop("loop")),
+    Case("train data dir under a file", [*TRAIN, "--data.dir", "{tmp}/f/d"],
+         "a component of the path is not a directory", write("f", "x")),
+    Case("train meta.json is a FIFO", [*TRAIN, "--data.dir", "{tmp}/data"], "not a regular file (a FIFO)",
+         copy("data", fifo_in("meta.json"))),
+    Case("train --config is a FIFO", [*TRAIN, "--config", "{tmp}/c.toml"], "not a regular file (a FIFO)",
+         fifo("c.toml")),
+    Case("train --config symlink loop", [*TRAIN, "--config", "{tmp}/c.toml"], "symbolic links", symlink_loop("c.toml")),
+    Case("prepare input symlink loop", [*PREPARE, "--input", "{tmp}/loop", "--out", "{tmp}/out"],
+         "loop: too many levels of symbolic links", symlink_loop("loop")),
+    Case("prepare input is a FIFO", [*PREPARE, "--input", "{tmp}/in.txt", "--out", "{tmp}/out"],
+         "in.txt: not a regular file (a FIFO)", fifo("in.txt")),
+    Case("sample checkpoint symlink loop", [*SAMPLE, "--checkpoint", "{tmp}/loop"], "symbolic links",
+         symlink_loop("loop")),
+    Case("export checkpoint is a FIFO", ["export", "--checkpoint", "{tmp}/ck", "--out", "{tmp}/hf"],
+         "not a directory (a FIFO)", fifo("ck")),
+    Case("export config.json unreadable", ["export", "--checkpoint", "{tmp}/gpt2", "--out", "{tmp}/hf"],
+         "config.json: cannot read (permission denied)", both(copy("gpt2"), denied("gpt2/config.json"))),
+    Case("hellaswag file is a FIFO", [*HELLASWAG, "--file", "{tmp}/h.jsonl"], "not a regular file (a FIFO)",
+         fifo("h.jsonl")),
+    Case("hellaswag file symlink loop", [*HELLASWAG, "--file", "{tmp}/h.jsonl"], "symbolic links",
+         symlink_loop("h.jsonl")),
+    Case("train shard is a FIFO", [*TRAIN, "--data.dir", "{tmp}/data"], "not a regular file (a FIFO)",
+         copy("data", fifo_in("train_000000.npy"))),
+    Case("compare metrics.jsonl is a FIFO", ["compare", "{tmp}/run"], "not a regular file (a FIFO)",
+         copy("run", fifo_in("metrics.jsonl"))),
+    Case("compare run dir symlink loop", ["compare", "{tmp}/loop"], "symbolic links", symlink_loop("loop")),
+    Case("plot log.txt is a FIFO", ["plot", "{tmp}/run", "--out", "{tmp}/p.png"], "not a regular file (a FIFO)",
+         copy("run", fifo_in("log.txt"))),
+    Case("tokenizer input is a FIFO", ["tokenizer", "train", "--input", "{tmp}/in.txt", "--vocab-size", "400",
+                                       "--out", "{tmp}/t"], "not a regular file (a FIFO)", fifo("in.txt")),
+    Case("prepare --tokenizer model symlink loop", [*PREPARE, "--input", "{input}", "--out", "{tmp}/out",
+                                                    "--tokenizer", "{tmp}/t.model"], "symbolic links",
+         symlink_loop("t.model")),
 ]
 
 

@@ -68,7 +68,7 @@ def test_export_a_run_directory(tmp_path, run_cli):
 
     rc, _, err = run_cli("export", "--checkpoint", run, "--out", tmp_path / "hf")  # not empty now
     assert rc == 2
-    _one_error_line(err, "directory exists and is not empty", "--overwrite")
+    _one_error_line(err, "already holds a scalegpt export", "--overwrite")
     rc, _, err = run_cli("export", "--checkpoint", run, "--out", tmp_path / "hf", "--overwrite")
     assert rc == 0, err
 

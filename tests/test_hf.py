@@ -158,11 +158,17 @@ def test_export_refuses_to_clobber(tiny_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ScalegptError, match="out: directory exists and is not empty; pass --overwrite"):
+    with pytest.raises(ScalegptError, match=r"not a scalegpt export; refusing to write into it \(it holds notes.txt\)"):
         export_hf(tiny_model, None, out)
+    with pytest.raises(ScalegptError, match="refusing to replace it even with --overwrite"):  # never ours to delete
+        export_hf(tiny_model, None, out, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
-    export_hf(tiny_model, None, out, overwrite=True)
-    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    # an export of ours is replaced with overwrite=True only
+    export_hf(tiny_model, None, tmp_path / "ours")
+    with pytest.raises(ScalegptError, match="already holds a scalegpt export; pass --overwrite"):
+        export_hf(tiny_model, None, tmp_path / "ours")
+    export_hf(tiny_model, None, tmp_path / "ours", overwrite=True)
+    assert (tmp_path / "ours" / "model.safetensors").is_file()
     (tmp_path / "file").write_text("x")
     with pytest.raises(ScalegptError, match="exists and is not a directory"):
         export_hf(tiny_model, None, tmp_path / "file", overwrite=True)

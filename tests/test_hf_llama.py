@@ -289,7 +289,8 @@ def test_char_and_sentencepiece_exports_sample_back_through_the_cli(kind, tmp_pa
     assert "as Qwen3ForCausalLM" in out and f"tokenizer {kind}" in out
     # HF has no counterpart written for these tokenizers: ours travels alone, in scalegpt_tokenizer.json
     assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors",
-                                                             "generation_config.json", "scalegpt_tokenizer.json"}
+                                                             "generation_config.json", "scalegpt_tokenizer.json",
+                                                             "scalegpt_export.json"}
     assert load_pretrained_with_tokenizer(str(tmp_path / "hf"))[1] == spec
     rc, out, err = run_cli("sample", "--hf", tmp_path / "hf", "--prompt", "ROMEO:", "--max-new-tokens", "8",
                            "--temperature", "0", "--device", "cpu")

@@ -173,11 +173,16 @@ def test_every_input_kind_round_trips(tmp_path):
     assert ".hidden.txt" not in kinds and "notes.bin" not in kinds
 
 
-def test_output_inside_an_input_folder_is_not_read(tmp_path):
-    (tmp_path / "a.txt").write_text("some text here")
-    prepare([tmp_path], tmp_path / "data", "char", val_fraction=0, progress=False)
-    prepare([tmp_path], tmp_path / "data", "char", val_fraction=0, overwrite=True, progress=False)
-    assert documents(tmp_path / "data") == ["some text here"]  # not meta.json/tokenizer.json as JSON lines
+def test_output_inside_an_input_folder_is_refused(tmp_path):
+    # issue 20: a dataset inside its input folder would be read back as input by the next run, and an output that
+    # is or holds an input could destroy it; so an output that is, contains or lies inside an input is refused.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("some text here")
+    for out, why in ((tmp_path / "in" / "data", "lies inside the input"), (tmp_path / "in", "is the input"),
+                     (tmp_path, "contains the input")):
+        with pytest.raises(ScalegptError, match=why):
+            prepare([tmp_path / "in"], out, "char", val_fraction=0, overwrite=True, progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "in"]  # nothing written, nothing removed
 
 
 def test_text_field_and_explicit_json_file(tmp_path):

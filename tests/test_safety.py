@@ -350,3 +350,58 @@ def test_leftovers_of_killed_writers_are_tidied_and_a_displaced_checkpoint_is_re
     assert sorted(p.name for p in root.iterdir()) == ["step_000005", "step_000010"]
     save_checkpoint(run, 15, model, None, {"step": 15}, "", keep_last=2)  # pruning leaves no hidden remains
     assert sorted(p.name for p in root.iterdir()) == ["step_000010", "step_000015"]
+
+
+# ------------------------------------------------------------------ issue 20.1: --overwrite replaces only our own output
+
+def test_overwrite_replaces_what_scalegpt_wrote(run_cli, tmp_path, monkeypatch):
+    """The legitimate use still works: a dataset, an export, a plot and a tokenizer of ours are replaced on request
+    (an image on a re-run), while the same commands refuse a folder of the user's."""
+    monkeypatch.chdir(tmp_path)
+    text = tmp_path / "in.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 200, encoding="utf-8")
+    prep = ["prepare", "--input", text, "--tokenizer", "char", "--quiet", "--workers", "1", "--out", tmp_path / "d"]
+    assert run_cli(*prep)[0] == 0
+    rc, _, err = run_cli(*prep)
+    assert rc == 2 and "already holds a prepared dataset (meta.json); pass --overwrite" in err
+    first = (tmp_path / "d" / "meta.json").read_bytes()
+    text.write_text("All the world's a stage, and all the men and women merely players.\n" * 200, encoding="utf-8")
+    assert run_cli(*prep, "--overwrite")[0] == 0
+    assert (tmp_path / "d" / "meta.json").read_bytes() != first
+
+    spec = {"kind": "gpt2", "vocab_size": 50257, "eot_id": 50256}
+    save_model_dir(GPT(preset_config("tiny", vocab_size=50257)), tmp_path / "ckpt", tokenizer_spec=spec)
+    export = ["export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf"]
+    assert run_cli(*export)[0] == 0 and (tmp_path / "hf" / "scalegpt_export.json").is_file()
+    (tmp_path / "hf" / "stale.txt").write_text("left by an older export")
+    assert run_cli(*export)[0] == 2
+    assert run_cli(*export, "--overwrite")[0] == 0
+    assert not (tmp_path / "hf" / "stale.txt").exists() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+    # a plain folder with an HF-looking config.json is not ours: never deleted, and the refusal says what it holds
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.json").write_text("{}")
+    rc, _, err = run_cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "theirs", "--overwrite")
+    assert rc == 2 and "it holds config.json" in err and (tmp_path / "theirs" / "config.json").read_text() == "{}"
+
+
+def test_outputs_guard_rules(tmp_path, monkeypatch):
+    """scalegpt.outputs.check_output, the one function every writing command asks."""
+    from scalegpt.outputs import check_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("x")
+    for out, fragment in [("", "empty path"), (".", "current directory"), ("..", "parent of the current"),
+                          ("in", "is the input"), ("in/sub", "lies inside the input"), (str(tmp_path), "current")]:
+        with pytest.raises(ScalegptError, match=fragment):
+            check_output(out, kind="dataset", inputs=["in"])
+    with pytest.raises(ScalegptError, match="contains the input"):
+        check_output(tmp_path / "in", kind="dataset", inputs=[tmp_path / "in" / "a.txt"])
+    assert check_output("new", kind="run") == Path("new")  # a new path is always fine
+    (tmp_path / "empty").mkdir()
+    assert check_output("empty", kind="export") == Path("empty")  # and so is an empty directory
+    (tmp_path / "pic.png").write_bytes(b"\x89PNG\r\n\x1a\n....")
+    assert check_output("pic.png", kind="image") == Path("pic.png")  # an image is replaced by a re-plot
+    with pytest.raises(ScalegptError, match="is not an image"):
+        check_output("in/a.txt", kind="image")

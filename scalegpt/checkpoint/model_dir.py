@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from scalegpt._fs import read_json_object, write_dir_atomically
+from scalegpt._fs import MISSING, path_problem, read_json_object, write_dir_atomically
 from scalegpt.errors import ScalegptError
 from scalegpt.finite import all_finite, first_nonfinite
 from scalegpt.model import GPT, GPTConfig, unwrap
@@ -77,8 +77,9 @@ def resolve_checkpoint(path) -> Path:
         return ckpts[-1]
     for broken in ([p] if (p / "config.json").is_file() else []) + sorted((p / "checkpoints").glob("step_*"))[::-1]:
         read_config(broken)  # a checkpoint whose config.json is unreadable: name the file and the reason
-    if not p.exists():
-        raise ScalegptError(f"{p}: no such checkpoint or run directory")
+    why = path_problem(p, "dir")  # the true cause: a symlink loop or a denied folder is not "missing"
+    if why is not None and "(a regular file)" not in why:  # a plain file gets the explanation below
+        raise ScalegptError(f"{p}: {'no such checkpoint or run directory' if why == MISSING else why}")
     raise ScalegptError(f"{p}: neither a checkpoint directory (config.json + model.safetensors) "
                         "nor a run directory with checkpoints/step_*")
 

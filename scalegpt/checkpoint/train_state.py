@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt._fs import write_dir_atomically
+from scalegpt._fs import MISSING, path_problem, write_dir_atomically
 from scalegpt.checkpoint.model_dir import is_model_dir, step_number, write_model_files
 from scalegpt.config import load_toml
 from scalegpt.errors import ScalegptError
+from scalegpt.outputs import check_output
 
 STATE_FILE = "train_state.pt"
-RUN_MARKERS = ("config.toml", "log.txt", "metrics.jsonl", "checkpoints")  # what makes a directory a run directory
 CONFIG_FILE = "train_config.toml"
 FORMAT_VERSION = 1
 
@@ -52,24 +52,27 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs=()) -> Path | None:
     """Check what may happen to `run_dir`; returns the checkpoint to resume from (None: start fresh).
 
-    An existing run directory is never touched unless --resume (continue it) or --overwrite (delete it) says so."""
-    run_dir = Path(run_dir)
+    An existing run directory is never touched unless --resume (continue it) or --overwrite (delete it) says so, and
+    only a directory scalegpt wrote (see scalegpt.outputs) is continued or deleted."""
     if resume and overwrite:
         raise ScalegptError("--resume and --overwrite contradict each other; pass one")
+    run_dir = check_output(run_dir, kind="run", inputs=inputs, overwrite=overwrite, reuse=resume)
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return None
     if not run_dir.is_dir():
         raise ScalegptError(f"--out {run_dir}: exists and is not a directory")
     if resume:
+        from scalegpt.metrics import METRICS_FILE, read_metrics_file
+
+        if os.path.lexists(run_dir / METRICS_FILE):  # a damaged log stops the resume before anything is rewritten
+            read_metrics_file(run_dir / METRICS_FILE)
         latest = latest_checkpoint(run_dir)
         refuse_damaged_newer(run_dir, latest)
         return latest
-    if overwrite:
-        if not any((run_dir / m).exists() for m in RUN_MARKERS):
-            raise ScalegptError(f"--out {run_dir}: not empty and not a scalegpt run directory; refusing to delete it")
+    if overwrite:  # check_output has recognised it as a run directory
         shutil.rmtree(run_dir)
         return None
     raise ScalegptError(f"--out {run_dir}: run directory exists; pass --resume to continue it or --overwrite to "
@@ -176,9 +179,10 @@ def recorded_precision(directory) -> str | None:
 def load_state(directory) -> dict:
     """The trainer state of a checkpoint directory, read without ever unpickling code."""
     path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise ScalegptError(f"{path}: not found; {directory} is not a training checkpoint "
-                            "(a model-only directory can be sampled or exported, not resumed)")
+    why = path_problem(path)
+    if why is not None:
+        raise ScalegptError(f"{path}: {'not found' if why == MISSING else why}; {directory} is not a training "
+                            "checkpoint (a model-only directory can be sampled or exported, not resumed)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -50,6 +50,12 @@ def run_compare(args) -> int:
     order = list(dict.fromkeys(order))
     if not order:
         raise ScalegptError("give run directories and/or --group NAME=PATTERN")
+    if args.out is not None:  # before any work: the image must not replace a file it reads or one of the user's
+        from pathlib import Path
+
+        from scalegpt.outputs import check_output
+
+        check_output(args.out, kind="image", inputs=[Path(r) / "metrics.jsonl" for r in order])
     summaries = {run: summarize_run(run) for run in order}
     stats = group_stats({n: [summaries[r] for r in runs] for n, runs in groups.items()}) if groups else None
     if args.json:

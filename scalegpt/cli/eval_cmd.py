@@ -177,6 +177,11 @@ def run_harness(args) -> int:
         task_files[task.strip()] = path
     if not tasks and not task_files:
         raise ScalegptError("give --tasks (e.g. hellaswag,arc_easy) and/or --task-file TASK=FILE")
+    if args.output is not None:  # before the evaluation: it must not replace an input or a file of the user's
+        from scalegpt.outputs import check_output
+
+        check_output(args.output, kind="results", flag="--output",
+                     inputs=[p for p in (args.checkpoint, args.hf, *task_files.values()) if p])
     device = pick_device(args.device)
     model, tokenizer, _, where = load_model(args.checkpoint, args.hf, device)
     lm = harness.HarnessLM(model, tokenizer, batch_size=args.batch_size, device=device)

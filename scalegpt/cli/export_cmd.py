@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint directory, or a run directory (its latest checkpoints/step_*)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export written by scalegpt (a directory it did not write is never replaced)")
     p.set_defaults(func=run_export)
 
 
@@ -22,7 +22,7 @@ def run_export(args) -> int:
 
     ckpt = resolve_checkpoint(args.checkpoint)
     model, spec = load_model_dir(ckpt)
-    out = export_hf(model, spec, args.out, overwrite=args.overwrite)
+    out = export_hf(model, spec, args.out, overwrite=args.overwrite, inputs=[args.checkpoint, ckpt])
     kind = spec.get("kind") if spec else "none"
     extra = " + tokenizer files" if kind == "gpt2" else ""
     architecture = ARCHITECTURES[export_family(model.config)]

@@ -11,6 +11,9 @@ def register(sub) -> None:
     p.set_defaults(func=run_plot)
 
 
+RUN_FILES_READ = ("log.txt", "metrics.jsonl", "config.toml")
+
+
 def run_plot(args) -> int:
     from pathlib import Path
 
@@ -19,6 +22,10 @@ def run_plot(args) -> int:
 
     if args.smoothing is not None and not 0 <= args.smoothing < 1:
         raise ScalegptError(f"--smoothing must be in [0, 1), got {args.smoothing}")
-    out = args.out or (Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else Path("loss.png"))
+    from scalegpt.outputs import check_output
+
+    out = args.out if args.out is not None else (Path(args.runs[0]) / "loss.png" if len(args.runs) == 1
+                                                 else Path("loss.png"))
+    check_output(out, kind="image", inputs=[Path(r) / name for r in args.runs for name in RUN_FILES_READ])
     print(f"wrote {plot_runs(args.runs, out, args.smoothing)}")
     return 0

@@ -110,7 +110,7 @@ def run(args) -> int:
         hf, config = hf or "HuggingFaceFW/fineweb-edu", config or "sample-10BT"
         if val_tokens is None and args.val_fraction is None:
             val_tokens = args.shard_tokens  # build-nanogpt: the first shard is the validation set
-    out = args.out or (f"data/{args.recipe}" if args.recipe else None)
+    out = args.out if args.out is not None else (f"data/{args.recipe}" if args.recipe else None)
     if out is None:
         raise ScalegptError("--out DIR is required (where the shards and meta.json go)")
     if not inputs and not hf:

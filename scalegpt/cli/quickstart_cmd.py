@@ -83,14 +83,13 @@ def choose_inputs(args) -> tuple[list[str], str, str]:
 
 def prepare_data(inputs: list[str], data_dir: Path, tokenizer: str, overwrite: bool) -> None:
     """Prepare once; a later quickstart on the same files reuses the tokens."""
-    import json
-
+    from scalegpt._fs import read_json_object
     from scalegpt.errors import ScalegptError
     from scalegpt.prepare import prepare
 
     meta_path = data_dir / "meta.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json_object(meta_path, what="a dataset meta.json")
         from scalegpt.sources import discover
 
         # the same files with the same sizes (folders expanded as prepare expands them)
@@ -127,9 +126,9 @@ def run_quickstart(args) -> int:
     if args.sample_tokens < 1:
         raise ScalegptError(f"--sample-tokens must be >= 1, got {args.sample_tokens}")
     started = time.time()
-    from scalegpt.checkpoint.train_state import prepare_run_dir
+    from scalegpt.outputs import check_output
 
-    prepare_run_dir(Path(args.out), resume=False, overwrite=False) if not args.overwrite else None  # fail early
+    check_output(args.out, kind="run", inputs=args.input or (), overwrite=args.overwrite)  # fail before any work
     inputs, name, prompt = choose_inputs(args)
     data_dir = Path(args.data_dir or Path("data") / f"quickstart-{name}")
     overrides = [("data.dir", str(data_dir)), ("eval.prompt", prompt)]

@@ -15,8 +15,12 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
+    from scalegpt.outputs import check_output, check_output_path
     from scalegpt.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
+    check_output_path(args.out)
+    for suffix in (".model", ".vocab"):  # replaced only when they are a SentencePiece model of a previous run
+        check_output(args.out + suffix, kind="tokenizer", inputs=args.input, reuse=True)
     path = train_sentencepiece(args.input, args.vocab_size, args.out, model_type=args.model_type,
                                max_sentences=args.max_sentences)
     tok = SentencePieceTokenizer.from_file(path)

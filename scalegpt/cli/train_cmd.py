@@ -90,6 +90,7 @@ def config_overrides(args) -> list[tuple[str, str]]:
 def run_train(args) -> int:
     from scalegpt.config import load_config
     from scalegpt.errors import ScalegptError
+    from scalegpt.outputs import check_output_path
     from scalegpt.train import Trainer, exit_code
 
     config_path = args.config
@@ -97,6 +98,7 @@ def run_train(args) -> int:
         if config_path is None:
             raise ScalegptError("pass --out RUN_DIR (or --config FILE, whose name then names runs/<name>)")
         args.out = str(Path("runs") / Path(config_path).stem)
+    check_output_path(args.out)  # '' or '.' would make the current directory the run (or the parent of the seeds)
     run_dir = Path(args.out)
     if config_path is None and args.resume and (run_dir / "config.toml").is_file():
         config_path = run_dir / "config.toml"  # resuming with no --config: the run's own resolved config

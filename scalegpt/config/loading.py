@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import math
+import os
 import re
 import tokenize
 import typing
@@ -21,13 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from scalegpt._fs import read_toml
 from scalegpt.config.sections import CHOICES, LEGACY_MODEL_KEYS, PRESETS, TEXT_PARSERS, Config, check_value
 from scalegpt.errors import ScalegptError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 
 # ------------------------------------------------------------------------------------------------------ field table
@@ -200,17 +197,9 @@ def config_from_dict(data: dict, where: str = "config", base: Config | None = No
 
 def load_toml(path) -> dict:
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ScalegptError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ScalegptError(f"{path}: is a directory, expected a TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ScalegptError(f"{path}: not valid TOML ({e})") from None
-    except OSError as e:
-        raise ScalegptError(f"{path}: cannot read ({e.strerror})") from None
+    if not os.path.lexists(path):
+        raise ScalegptError(f"{path}: config file not found")
+    return read_toml(path, "a TOML file")  # the one TOML reader: errno causes, FIFOs, any decoding error
 
 
 def parse_override_args(args: list[str]) -> list[tuple[str, str]]:
