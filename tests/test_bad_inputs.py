@@ -543,8 +543,10 @@ CASES = [
                                     "320000000"], "train.micro_batch_size", survives=("{tmp}/run",)),
     Case("train huge eval batch", [*TRAIN, "--eval.batch_size", "100000000", "--eval.interval", "1"],
          "evaluation (eval.batch_size sequences): needs an estimated", survives=("{tmp}/run",)),
-    Case("train huge model in --config", [*TRAIN, "--config", "{tmp}/c.toml"], "needs an estimated", write(
-        "c.toml", "[model]\nn_layer = 100000\nn_embd = 4096\nn_head = 32\n"), survives=("{tmp}/run",)),
+    Case("train huge model in --config", ["train", "--config", "{tmp}/c.toml", "--data.dir", "{data}", "--out",
+                                          "{tmp}/run"], "lower model.n_layer, model.n_embd", write(
+        "c.toml", "[model]\nn_layer = 100000\nn_embd = 4096\nn_head = 32\nblock_size = 32\n[train]\n"
+        "global_batch_tokens = 128\nmicro_batch_size = 4\ndevice = 'cpu'\ncompile = 'false'\n"), survives=("{tmp}/run",)),
     Case("train vocab padding 1e9", [*TRAIN, "--model.pad_vocab_multiple", "1000000000"],
          "--model.pad_vocab_multiple must be <= 1,048,576, got 1,000,000,000"),
     Case("train n_layer 2^70", [*TRAIN, "--model.n_layer", str(2**70)], "--model.n_layer must be <= 100,000"),
@@ -553,7 +555,7 @@ CASES = [
     Case("train max_steps 2^70", [*TRAIN, "--train.max_steps", str(2**70)], "--train.max_steps must be <="),
     Case("train timeout 1e13 minutes", [*TRAIN, "--dist.timeout_minutes", "10000000000000"],
          "--dist.timeout_minutes must be <= 525,600"),
-    Case("train lr 1e308", [*TRAIN, "--optim.lr", "1e308"], "--optim.lr must be <= 1,000"),
+    Case("train lr 1e308", [*TRAIN, "--optim.lr", "1e308"], "--optim.lr must be <= 1,000,000,000,000"),
     Case("train eps inf", [*TRAIN, "--optim.eps", "inf"], "--optim.eps must be a finite number"),
     Case("train eval.temperature 1e-45", [*TRAIN, "--eval.temperature", "1e-45"],
          "--eval.temperature must be 0 (greedy) or in [0.0001, 100], got 1e-45"),

@@ -47,7 +47,7 @@ def test_every_shipped_preset_fits_one_80_gib_gpu(name):
 
 def test_gpt2_124m_needs_what_build_nanogpt_uses():
     """GPT-2 124M at 64 x 1024 tokens in bf16: ~31 GiB (build-nanogpt trains this micro-batch on 40/80 GB GPUs),
-    so a 24 GiB CPU refuses it and names the batch, while 8 sequences fit."""
+    so a 24 GiB CPU refuses it and names the batch, while 8 sequences (~6.4 GiB) fit."""
     config, model = _preset("gpt2-124m")
     assert param_count(model) == 124_475_904  # GPT-2 small with the vocabulary padded to 50,304
     est = estimate_training(model, 64, 1024, "bf16")
@@ -57,7 +57,7 @@ def test_gpt2_124m_needs_what_build_nanogpt_uses():
     message = str(e.value)
     assert "\n" not in message and "training: needs an estimated 31." in message
     assert "24.0 GiB" in message and "train.micro_batch_size" in message
-    assert estimate_training(model, 8, 1024, "bf16").total < 6 * GiB
+    assert estimate_training(model, 8, 1024, "bf16").total < 8 * GiB
 
 
 def test_a_huge_model_names_its_keys_and_the_memory_available():

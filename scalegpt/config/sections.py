@@ -222,7 +222,6 @@ class EvalSection:
 
     def __post_init__(self):
         check_section(self, "eval")
-        check_temperature(self.temperature, "eval.temperature")
 
 
 @dataclass
@@ -329,10 +328,10 @@ MAXIMA = {
     "model.n_layer": 100_000, "model.n_head": 100_000, "model.n_kv_head": 100_000, "model.block_size": 2**30,
     "model.vocab_size": 2**32, "model.pad_vocab_multiple": 2**20, "model.rope_theta": 1e12, "model.norm_eps": 1.0,
     "model.logit_softcap": 1e6,
-    "optim.lr": 1e3, "optim.muon_lr": 1e3, "optim.eps": 1.0, "optim.weight_decay": 1e6, "optim.muon_weight_decay": 1e6,
+    "optim.lr": 1e12, "optim.muon_lr": 1e12, "optim.eps": 1.0, "optim.weight_decay": 1e6, "optim.muon_weight_decay": 1e6,
     "optim.grad_clip": 1e12,
     "schedule.warmup_steps": 10**12, "schedule.decay_steps": 10**12,
-    "train.max_steps": 10**12, "train.global_batch_tokens": 2**40, "train.micro_batch_size": 2**30,
+    "train.max_steps": 10**12, "train.global_batch_tokens": 2**32, "train.micro_batch_size": 2**30,
     "train.seq_len": 2**30,
     "eval.tokens": 2**50, "eval.batch_size": 2**30, "eval.samples": 1024, "eval.sample_tokens": MAX_NEW_TOKENS,
     "eval.temperature": MAX_TEMPERATURE, "eval.top_k": 2**32, "eval.hellaswag_examples": 10**9,
@@ -381,6 +380,8 @@ def check_value(key: str, value, kind: type):
         maximum = MAXIMA.get(key, DEFAULT_MAXIMUM if kind is int else math.inf)
         if value > maximum:
             raise ScalegptError(f"{key} must be <= {maximum:,}, got {value:,}")
+        if key.endswith(".temperature"):
+            check_temperature(value, key)
     return value
 
 
