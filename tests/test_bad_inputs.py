@@ -623,6 +623,10 @@ CASES = [
          "--max-sentences must be <="),
     Case("plot smoothing inf", ["plot", "{run}", "--smoothing", "inf", "--out", "{tmp}/p.png"],
          "--smoothing must be in [0, 1), got inf"),
+    Case("train time_budget 1e13m", [*TRAIN, "--train.time_budget", "1e13m"], "time_budget must be at most a year"),
+    Case("quickstart time-budget 1e13m", ["quickstart", "--input", "{input}", "--out", "{tmp}/r", "--data-dir",
+                                          "{tmp}/d", "--time-budget", "1e13m"], "time_budget must be at most a year",
+         survives=("{tmp}/d", "{tmp}/r")),
 ]
 
 

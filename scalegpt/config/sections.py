@@ -189,6 +189,7 @@ class TrainSection:
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_S = 366 * 24 * 3600.0
 
 
 def parse_duration(text: str, key: str = "duration") -> float:
@@ -203,6 +204,8 @@ def parse_duration(text: str, key: str = "duration") -> float:
                             'e.g. "90s", "3m", "1h" ("" = off)') from None
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ScalegptError(f"{key} must be a positive duration, got '{text}'")
+    if seconds > MAX_DURATION_S:
+        raise ScalegptError(f"{key} must be at most a year (8784h), got '{text}'")
     return seconds
 
 
