@@ -325,7 +325,8 @@ _DEFAULT_RANGE = ">= 0"
 # Sizes that cost memory (n_layer, n_embd, batch, vocabulary...) are also checked against the memory they need
 # (scalegpt.resources) before anything is built; these bounds keep every number within what the code can represent.
 MAX_NEW_TOKENS = 100_000  # longest generation per request (sample --max-new-tokens, eval.sample_tokens)
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0  # below: logits / T overflow float32 (use 0 = greedy); above: uniform
+# Below 1e-4 sampling is greedy in all but name, and far below (1e-45) logits / T overflow float32 into NaN: use 0.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0  # above 100 the distribution is uniform in all but name
 INT64_MAX = 2**63 - 1
 MAXIMA = {
     "model.n_layer": 100_000, "model.n_head": 100_000, "model.n_kv_head": 100_000, "model.block_size": 2**30,
@@ -345,7 +346,7 @@ DEFAULT_MAXIMUM = INT64_MAX  # every other number fits a C int64 (torch, numpy);
 
 
 def check_temperature(value, key: str = "temperature") -> None:
-    """0 (greedy) or within [MIN_TEMPERATURE, MAX_TEMPERATURE]: a smaller positive T overflows logits / T."""
+    """0 (greedy) or within [MIN_TEMPERATURE, MAX_TEMPERATURE]: a tiny positive T overflows logits / T."""
     if value is None or not (value == 0 or MIN_TEMPERATURE <= value <= MAX_TEMPERATURE):
         raise ScalegptError(f"{key} must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {value}")
 
