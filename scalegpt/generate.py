@@ -24,14 +24,17 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from scalegpt.config.sections import check_temperature
 from scalegpt.errors import ScalegptError
 from scalegpt.model import KVCache, unwrap
+from scalegpt.resources import check_generation
 from scalegpt.tokenizer import EOT_TEXT
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
     if temperature is None or not 0 <= temperature < math.inf:
         raise ScalegptError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    check_temperature(temperature)  # the floor: logits / 1e-45 overflow to inf and the softmax to NaN
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise ScalegptError(f"top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -100,6 +103,8 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     config = model_config(model)
     block = config.block_size
     check_sampling_args(temperature, top_k, top_p, config.vocab_size)
+    check_generation(config, idx.size(0), idx.size(1), max_new_tokens, idx.device,
+                     next(model.parameters()).element_size(), use_cache)  # the cap and the KV cache's memory
     keep = max(1, block // 2)  # tokens kept when the window slides
     stop = torch.tensor(sorted(set(stop_ids or ())), dtype=torch.long, device=idx.device)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
@@ -179,6 +184,8 @@ def _prepare(model, tokenizer, prompt, num_samples, temperature, top_k, top_p, s
     stop_ids, stop_texts = _split_stop(tokenizer, stop)
     ids, _ = encode_prompt(tokenizer, prompt, config.block_size)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise ScalegptError(f"seed must be an integer in [0, 2^64), got {seed!r}")
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()  # fresh entropy, leaving the global RNG alone

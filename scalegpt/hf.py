@@ -29,6 +29,7 @@ from scalegpt.checkpoint import (TIED_KEY, clean_state_dict, is_model_dir, load_
 from scalegpt.errors import ScalegptError
 from scalegpt import hf_llama
 from scalegpt.model import GPT, GPTConfig, unwrap
+from scalegpt.resources import check_model
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -193,9 +194,12 @@ def _load_hf_dir(directory: Path, device) -> tuple[GPT, dict | None]:
     model_type = check_model_type(hf_config, source)
     if model_type == "gpt2":
         config = hf_config_to_gpt(hf_config, source)
-        state = hf_state_to_gpt(read_hf_weights(directory), config)
     else:
         config = hf_llama.config_from_hf(hf_config, source)
+    check_model(config, device, f"{source}: cannot allocate the model it describes")  # before reading any weights
+    if model_type == "gpt2":
+        state = hf_state_to_gpt(read_hf_weights(directory), config)
+    else:
         state = hf_llama.state_from_hf(read_hf_weights(directory), config, directory)
     refuse_nonfinite(state, directory, "weights")
     spec = _hf_tokenizer_spec(directory, config, model_type == "gpt2")

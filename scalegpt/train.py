@@ -31,6 +31,7 @@ from scalegpt.errors import ScalegptError
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
 from scalegpt.optim import build_optimizers, lr_at
+from scalegpt.resources import check_training_memory
 from scalegpt.signals import StopSignals, exit_code as signal_exit_code
 from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
 from scalegpt.strategy import Strategy, make_strategy
@@ -152,6 +153,7 @@ class Trainer:
             raise ScalegptError(f"model.vocab_size ({c.model.vocab_size}) is smaller than the dataset's tokenizer "
                                 f"vocabulary ({vocab}); set it to 0 to take the tokenizer's")
         self.model_config = dataclasses.replace(c.model, vocab_size=c.model.vocab_size or vocab)
+        self.say(check_training_memory(self.model_config, c, self.device, self.precision, self.strategy.world_size))
         self.raw_model = GPT(self.model_config).to(self.device)
         self.model = self.strategy.wrap_model(self.raw_model, self.precision)
         self.say(f"model: {self.raw_model.num_params():,} parameters ({c.model.n_layer} layers, {c.model.n_head} heads, "

@@ -15,6 +15,7 @@ from scalegpt._fs import MISSING, path_problem, read_json_object, write_dir_atom
 from scalegpt.errors import ScalegptError
 from scalegpt.finite import all_finite, first_nonfinite
 from scalegpt.model import GPT, GPTConfig, unwrap
+from scalegpt.resources import check_model
 from scalegpt.tokenizer import check_same_tokenizer
 
 FORMAT = "scalegpt"
@@ -104,6 +105,7 @@ def load_model_dir(directory, device="cpu"):
             f"{directory}: model vocab_size {model_config.vocab_size} does not match its tokenizer's "
             f"vocab_size {spec.get('vocab_size')} ({spec.get('kind')})"
         )
+    check_model(model_config, device, f"{directory / 'config.json'}: cannot allocate the model it describes")
     try:
         with torch.device("meta"):
             model = GPT(model_config)

@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)  # inside: a numeric flag out of its range raises (scalegpt.cli.numbers)
         return args.func(args) or 0
     except (ScalegptError, OSError) as e:
         # Under torchrun every rank prints it: torchrun stops the others as soon as one rank exits, so printing on

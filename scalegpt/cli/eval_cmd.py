@@ -8,6 +8,8 @@ import sys
 
 
 def register(sub) -> None:
+    from scalegpt.cli.numbers import add_integer
+
     p = sub.add_parser("eval", help="evaluate a model: validation loss, HellaSwag, lm-evaluation-harness tasks")
     esub = p.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
@@ -15,9 +17,9 @@ def register(sub) -> None:
     loss.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory (its latest)")
     loss.add_argument("--data", required=True, help="a prepared dataset directory")
     loss.add_argument("--split", default="val", help="which split (default val)")
-    loss.add_argument("--tokens", type=int, default=None, help="token budget from the split start (default: all)")
-    loss.add_argument("--batch-size", type=int, default=8, help="sequences per forward")
-    loss.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the block size)")
+    add_integer(loss, "--tokens", 1, 2**50, default=None, help="token budget from the split start (default: all)")
+    add_integer(loss, "--batch-size", 1, 2**30, default=8, help="sequences per forward")
+    add_integer(loss, "--seq-len", 1, 2**30, default=None, help="tokens per sequence (default: the block size)")
     loss.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     loss.set_defaults(func=run_loss)
 
@@ -28,8 +30,8 @@ def register(sub) -> None:
                      help="a HuggingFace GPT-2, Llama or Qwen3 directory, or a GPT-2 hub name (gpt2, gpt2-xl...)")
     hs.add_argument("--file", default=None,
                     help="HellaSwag jsonl or 6-line text file (.txt/.txt.bz2); default: download the official val set")
-    hs.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    hs.add_argument("--batch-size", type=int, default=16, help="examples (x 4 endings) per forward")
+    add_integer(hs, "--limit", 1, 10**9, default=None, help="only the first N examples")
+    add_integer(hs, "--batch-size", None, 2**30, default=16, help="examples (x 4 endings) per forward")
     hs.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     hs.add_argument("--no-progress", action="store_true", help="no progress bar")
     hs.add_argument("--convention", choices=("completion", "harness"), default="completion",
@@ -46,9 +48,9 @@ def register(sub) -> None:
                     help="run harness task TASK on a local JSON-lines file of its dataset's rows, as TASK_local "
                          "(offline; repeatable)")
     hv.add_argument("--include-path", default=None, metavar="DIR", help="a directory of your own task YAML files")
-    hv.add_argument("--limit", type=int, default=None, help="only the first N examples of each task")
-    hv.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
-    hv.add_argument("--batch-size", type=int, default=16, help="rows per forward")
+    add_integer(hv, "--limit", 1, 10**9, default=None, help="only the first N examples of each task")
+    add_integer(hv, "--num-fewshot", 0, 10_000, default=None, help="few-shot examples (default: each task's own)")
+    add_integer(hv, "--batch-size", None, 2**30, default=16, help="rows per forward")
     hv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     hv.add_argument("--output", default=None, metavar="FILE", help="also write the JSON results to FILE")
     hv.set_defaults(func=run_harness)
@@ -100,6 +102,7 @@ def load_model(checkpoint: str | None, hf: str | None, device: str):
 
 
 def run_loss(args) -> int:
+    from scalegpt.resources import check_forward
     from scalegpt.checkpoint import load_model_dir, resolve_checkpoint
     from scalegpt.data import eval_batches, open_dataset
     from scalegpt.errors import ScalegptError
@@ -121,6 +124,7 @@ def run_loss(args) -> int:
     seq_len = args.seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise ScalegptError(f"--seq-len {seq_len} exceeds the model's block_size {model.config.block_size}")
+    check_forward(model.config, args.batch_size, seq_len, device, ("--batch-size", "--seq-len"), "eval loss")
     batches = eval_batches(ds, batch_size=args.batch_size, seq_len=seq_len, max_tokens=args.tokens, device=device)
     result = evaluate_loss(model, batches, device=device, byte_lengths=token_byte_lengths(tokenizer_from_spec(spec)))
     print(f"checkpoint {where}, {args.split} split of {args.data}: {result['tokens']:,} tokens "
@@ -131,11 +135,15 @@ def run_loss(args) -> int:
 
 
 def run_hellaswag(args) -> int:
+    from scalegpt.resources import check_forward
     from scalegpt.hellaswag import evaluate_hellaswag, load_hellaswag
 
     device = pick_device(args.device)
     examples = load_hellaswag(args.file, limit=args.limit)  # before the model: a bad file fails fast
     model, tokenizer, _, where = load_model(args.checkpoint, args.hf, device)
+    # 4 endings per example; rows are at most block_size wide (an upper bound: most are far shorter)
+    check_forward(model.config, 4 * max(args.batch_size, 1), model.config.block_size, device, ("--batch-size",),
+                  "eval hellaswag", logits=False)
     print(f"HellaSwag: {len(examples)} examples, model {where} on {device}", file=sys.stderr)
     result = evaluate_hellaswag(model, tokenizer, examples, device=device, batch_size=args.batch_size,
                                 progress=not args.no_progress, convention=args.convention)
@@ -182,8 +190,12 @@ def run_harness(args) -> int:
 
         check_output(args.output, kind="results", flag="--output",
                      inputs=[p for p in (args.checkpoint, args.hf, *task_files.values()) if p])
+    from scalegpt.resources import check_forward
+
     device = pick_device(args.device)
     model, tokenizer, _, where = load_model(args.checkpoint, args.hf, device)
+    check_forward(model.config, max(args.batch_size, 1), model.config.block_size, device, ("--batch-size",),
+                  "eval harness", logits=False)
     lm = harness.HarnessLM(model, tokenizer, batch_size=args.batch_size, device=device)
     print(f"lm-evaluation-harness: model {where} on {device}", file=sys.stderr)
     results = harness.run_harness(lm, tasks, task_files, include_path=args.include_path, limit=args.limit,

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from scalegpt.cli.numbers import add_real
+
     p = sub.add_parser("plot", help="draw train/val loss against steps and tokens for one or several runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with a log.txt)")
     p.add_argument("--out", default=None, help="image path (default: RUN_DIR/loss.png for one run, loss.png for several)")
-    p.add_argument("--smoothing", type=float, default=None,
+    add_real(p, "--smoothing", 0.0, 1.0, high_open=True, default=None,
                    help="EMA weight in [0, 1) for the train curve (default: 0.9 for long runs, none for short ones)")
     p.set_defaults(func=run_plot)
 

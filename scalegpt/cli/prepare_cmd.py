@@ -12,20 +12,9 @@ RECIPES = {
 }
 
 
-def _int(text: str) -> int:
-    """Accepts 100_000_000, 100,000,000 and 1e8 as well as 100000000."""
-    import argparse
-
-    try:
-        value = float(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'")
-    return int(value)
-
-
 def register(sub) -> None:
+    from scalegpt.cli.numbers import add_integer, add_real
+
     p = sub.add_parser("prepare", help="tokenize a text corpus into token shards for training",
                        description="Tokenize text into train_*.npy / val_*.npy shards and meta.json.")
     src = p.add_argument_group("input")
@@ -44,13 +33,13 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default="gpt2", help="gpt2, char (vocabulary built from the inputs), or a "
                                                        "SentencePiece .model / char .json file (default gpt2)")
     p.add_argument("--out", help="output directory (default data/RECIPE for a recipe)")
-    p.add_argument("--shard-tokens", type=_int, default=100_000_000, help="tokens per shard (default 100M; 1e8 and 100_000_000 also work)")
+    add_integer(p, "--shard-tokens", 1, 2**31, default=100_000_000, help="tokens per shard (default 100M; 1e8 and 100_000_000 also work)")
     val = p.add_mutually_exclusive_group()
-    val.add_argument("--val-tokens", type=_int, help="validation tokens: whole documents from the start (a single "
+    add_integer(val, "--val-tokens", 0, 2**50, help="validation tokens: whole documents from the start (a single "
                                                      "document: its last N tokens)")
-    val.add_argument("--val-fraction", type=float, help="validation share (default 0.1): whole documents, or the "
+    add_real(val, "--val-fraction", 0.0, 1.0, high_open=True, help="validation share (default 0.1): whole documents, or the "
                                                         "last fraction of the characters of a single document")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    add_integer(p, "--workers", 1, 1024, default=min(8, os.cpu_count() or 1),
                    help="parallel tokenizers: threads for gpt2, processes otherwise (default: CPU count, at "
                         "most 8); the output is identical for any count")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")

@@ -18,6 +18,9 @@ MODERN_CONFIG = QUICKSTART_CONFIG.with_name("quickstart-modern.toml")
 
 
 def register(sub) -> None:
+    from scalegpt.cli.numbers import add_integer
+    from scalegpt.config.sections import MAX_NEW_TOKENS
+
     p = sub.add_parser("quickstart", help="prepare, train and sample a small GPT on CPU in a few minutes (offline)")
     p.add_argument("--recipe", choices=["stdlib", "shakespeare"], default="stdlib",
                    help="stdlib: the Python standard library's *.py files (default); shakespeare: Tiny Shakespeare "
@@ -32,10 +35,10 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default="char", help="char (default: fast and readable on CPU), gpt2, or a path")
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="train for this long instead of the preset's budget, e.g. 90s, 5m (evaluation adds a little)")
-    p.add_argument("--max-steps", type=int, default=None,
+    add_integer(p, "--max-steps", 1, 10**12, default=None,
                    help="train for exactly N steps instead of a time budget (the same run on every machine)")
     p.add_argument("--device", default=None, help="cpu (default in the preset), cuda, mps")
-    p.add_argument("--sample-tokens", type=int, default=400, help="length of the final sample")
+    add_integer(p, "--sample-tokens", 1, MAX_NEW_TOKENS, default=400, help="length of the final sample")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any preset value, e.g. --set model.n_layer=6 (repeatable; see scalegpt train --help)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (and stale data)")
@@ -144,6 +147,9 @@ def run_quickstart(args) -> int:
             raise ScalegptError(f"--set {item}: expected SECTION.KEY=VALUE")
         overrides.append((key.strip(), value))
     config = load_config(preset, overrides)  # every bad value fails here, before any work
+    from scalegpt.resources import check_config_memory
+
+    check_config_memory(config)  # a model or batch that cannot fit fails before the data is prepared
     prepare_data(inputs, data_dir, args.tokenizer, args.overwrite)
     budget = config.train.time_budget
     if budget:

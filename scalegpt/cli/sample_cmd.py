@@ -8,19 +8,23 @@ SEPARATOR = "-" * 40
 
 
 def register(sub) -> None:
+    from scalegpt.cli.numbers import add_integer, add_real, add_seed, temperature
+    from scalegpt.config.sections import MAX_NEW_TOKENS
+
     p = sub.add_parser("sample", help="generate text from a checkpoint or a HuggingFace GPT-2, Llama or Qwen3 model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint directory, or a run directory (its latest)")
     src.add_argument("--hf", metavar="NAME_OR_DIR",
                      help="a HuggingFace GPT-2, Llama or Qwen3 directory, or a GPT-2 hub name")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document from end-of-text)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples drawn as one batch")
+    add_integer(p, "--num-samples", 1, 1024, default=1, help="samples drawn as one batch")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one sample per seed (e.g. 42,100,200,300)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples (default: random)")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy decoding")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set holding this mass")
+    add_seed(p, "--seed", default=None, help="seed for reproducible samples (default: random)")
+    add_integer(p, "--max-new-tokens", 1, MAX_NEW_TOKENS, default=100,
+                help=f"new tokens per sample (at most {MAX_NEW_TOKENS:,}; beyond the block size the window slides)")
+    p.add_argument("--temperature", type=temperature(), default=1.0, help="0 = greedy decoding, else in [1e-4, 100]")
+    add_integer(p, "--top-k", None, 2**32, default=None, help="sample among the k most likely tokens only")
+    add_real(p, "--top-p", 0.0, 1.0, low_open=True, default=None, help="nucleus sampling: the smallest set holding this mass")
     p.add_argument("--stop", action="append", default=None,
                    help="stop at this text (repeatable; '<|endoftext|>' = the end-of-text token)")
     p.add_argument("--interactive", action="store_true", help="a prompt loop that streams tokens; Ctrl-D exits")
@@ -37,6 +41,13 @@ def parse_seeds(text: str) -> list[int]:
         raise ScalegptError(f"--seeds must be comma-separated integers, got '{text}'") from None
     if not seeds:
         raise ScalegptError("--seeds is empty")
+    from scalegpt.cli.numbers import SEED_MAX
+
+    for seed in seeds:
+        if not 0 <= seed <= SEED_MAX:
+            raise ScalegptError(f"--seeds: each seed must be in [0, 2^64), got {seed}")
+    if len(seeds) > 1024:
+        raise ScalegptError(f"--seeds: at most 1024 seeds (one sample each), got {len(seeds)}")
     return seeds
 
 

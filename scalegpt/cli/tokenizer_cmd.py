@@ -3,14 +3,16 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from scalegpt.cli.numbers import add_integer
+
     p = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
     t = tsub.add_parser("train", help="train a SentencePiece model on text files or folders")
     t.add_argument("--input", nargs="+", required=True, help="text files or folders (searched recursively)")
-    t.add_argument("--vocab-size", type=int, required=True, help="number of pieces in the vocabulary")
+    add_integer(t, "--vocab-size", 1, 2**20, required=True, help="number of pieces in the vocabulary")
     t.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     t.add_argument("--out", required=True, help="output prefix: writes PREFIX.model and PREFIX.vocab")
-    t.add_argument("--max-sentences", type=int, default=2_000_000, help="lines sampled for training")
+    add_integer(t, "--max-sentences", 1, 10**9, default=2_000_000, help="lines sampled for training")
     t.set_defaults(func=run_train)
 
 

@@ -268,6 +268,7 @@ class TrainSection:
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_S = 366 * 24 * 3600.0
 
 
 def parse_duration(text: str, key: str = "duration") -> float:
@@ -282,6 +283,8 @@ def parse_duration(text: str, key: str = "duration") -> float:
                             'e.g. "90s", "3m", "1h" ("" = off)') from None
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ScalegptError(f"{key} must be a positive duration, got '{text}'")
+    if seconds > MAX_DURATION_S:
+        raise ScalegptError(f"{key} must be at most a year (8784h), got '{text}'")
     return seconds
 
 
@@ -400,6 +403,35 @@ _DEFAULT_RANGE = ">= 0"
 TABLE_LISTS = {"data.mix": parse_mix}  # fields holding TOML arrays of tables: their own parser and checks
 TEXT_PARSERS = {"data.mix": mix_from_text}  # ... and how the command line spells them
 
+# Upper bounds (issue 20): what no run could use, refused at load time instead of hanging or dying in the allocator.
+# Sizes that cost memory (n_layer, n_embd, batch, vocabulary...) are also checked against the memory they need
+# (scalegpt.resources) before anything is built; these bounds keep every number within what the code can represent.
+MAX_NEW_TOKENS = 100_000  # longest generation per request (sample --max-new-tokens, eval.sample_tokens)
+# Below 1e-4 sampling is greedy in all but name, and far below (1e-45) logits / T overflow float32 into NaN: use 0.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0  # above 100 the distribution is uniform in all but name
+INT64_MAX = 2**63 - 1
+MAXIMA = {
+    "model.n_layer": 100_000, "model.n_head": 100_000, "model.n_kv_head": 100_000, "model.block_size": 2**30,
+    "model.vocab_size": 2**32, "model.pad_vocab_multiple": 2**20, "model.rope_theta": 1e12, "model.norm_eps": 1.0,
+    "model.logit_softcap": 1e6,
+    "optim.lr": 1e12, "optim.muon_lr": 1e12, "optim.eps": 1.0, "optim.weight_decay": 1e6, "optim.muon_weight_decay": 1e6,
+    "optim.grad_clip": 1e12,
+    "schedule.warmup_steps": 10**12, "schedule.decay_steps": 10**12,
+    "train.max_steps": 10**12, "train.global_batch_tokens": 2**32, "train.micro_batch_size": 2**30,
+    "train.seq_len": 2**30,
+    "eval.tokens": 2**50, "eval.batch_size": 2**30, "eval.samples": 1024, "eval.sample_tokens": MAX_NEW_TOKENS,
+    "eval.temperature": MAX_TEMPERATURE, "eval.top_k": 2**32, "eval.hellaswag_examples": 10**9,
+    "dist.timeout_minutes": 525_600,  # a year; timedelta and the process group's timeout overflow far above
+    "guard.spike_window": 10**6, "guard.spike_zscore": 1e6, "guard.max_consecutive_skips": 10**6,
+}
+DEFAULT_MAXIMUM = INT64_MAX  # every other number fits a C int64 (torch, numpy); floats: finite is enough
+
+
+def check_temperature(value, key: str = "temperature") -> None:
+    """0 (greedy) or within [MIN_TEMPERATURE, MAX_TEMPERATURE]: a tiny positive T overflows logits / T."""
+    if value is None or not (value == 0 or MIN_TEMPERATURE <= value <= MAX_TEMPERATURE):
+        raise ScalegptError(f"{key} must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {value}")
+
 
 @functools.lru_cache(maxsize=None)
 def _field_types(cls) -> dict[str, type]:
@@ -433,6 +465,11 @@ def check_value(key: str, value, kind: type):
         spec = RANGES.get(key, _DEFAULT_RANGE)
         if not _within(value, spec):
             raise ScalegptError(f"{key} must be {spec if spec[0] in '<>' else 'in ' + spec}, got {value}")
+        maximum = MAXIMA.get(key, DEFAULT_MAXIMUM if kind is int else math.inf)
+        if value > maximum:
+            raise ScalegptError(f"{key} must be <= {maximum:,}, got {value:,}")
+        if key.endswith(".temperature"):
+            check_temperature(value, key)
     return value
 
 
