@@ -60,12 +60,11 @@ def _import_gguf():
 def gguf_blockers(config: GPTConfig, tokenizer_spec: dict | None) -> list[str]:
     """Why `config` with this tokenizer cannot become a GGUF file that llama.cpp computes as we do (empty: it can)."""
     gpt2, modern = gpt2_blockers(config), hf_llama.blockers(config)
-    if gpt2 and modern:  # no HF family, so none of GGUF's gpt2/llama/qwen3 either: name the nearest one's obstacles
-        return [f"nearest gpt2: {'; '.join(gpt2)}" if len(gpt2) <= len(modern) else
-                f"nearest llama/qwen3: {'; '.join(modern)}"]
-    family = export_family(config)
     why = []
-    if family == "gpt2" and config.mlp == "gelu":
+    if gpt2 and modern:  # no HF family, so none of GGUF's gpt2/llama/qwen3 either: name the nearest one's obstacles
+        why.append(f"nearest gpt2: {'; '.join(gpt2)}" if len(gpt2) <= len(modern) else
+                   f"nearest llama/qwen3: {'; '.join(modern)}")
+    elif export_family(config) == "gpt2" and config.mlp == "gelu":
         why.append("mlp = 'gelu' (llama.cpp's gpt2 computes the tanh approximation, gelu_tanh)")
     kind = tokenizer_spec.get("kind") if tokenizer_spec else None
     if kind is None:
