@@ -22,9 +22,9 @@ transformers = pytest.importorskip("transformers")
 
 NEW_TOKENS = 32
 PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
-# llama.cpp's f32 CPU kernels against torch's: attention and norms agree to ~1e-5; GPT-2's GELU goes through
-# ggml's fp16 lookup table (GGML_GELU_FP16), which costs ~1e-3 of the activations.
-LOGIT_TOLERANCE = {"gpt2": 5e-3, "llama": 2e-4, "qwen3": 2e-4}
+# llama.cpp's f32 CPU kernels against torch's (f32 KV cache): seen 3e-7 for llama and qwen3; GPT-2's GELU goes
+# through ggml's fp16 lookup table (GGML_GELU_FP16): seen 2.7e-5 (logits of these random models spread ~0.16).
+LOGIT_TOLERANCE = {"gpt2": 2e-4, "llama": 1e-5, "qwen3": 1e-5}
 MATCH_COUNTS: dict[str, int] = {}  # printed at the end of the session by the check script
 
 
