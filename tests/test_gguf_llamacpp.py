@@ -116,8 +116,9 @@ def trained(tmp_path_factory, shakespeare_text):
         "--workers", "1")
     run("train", "--model.n_layer", "2", "--model.n_head", "4", "--model.n_kv_head", "2", "--model.n_embd", "64",
         "--model.block_size", "64", "--model.bias", "false", "--model.pos_emb", "rope", "--model.norm", "rmsnorm",
-        "--model.mlp", "swiglu", "--model.tie_embeddings", "false", "--train.global_batch_tokens", "1024",
-        "--train.micro_batch_size", "16", "--train.max_steps", "150", "--eval.interval", "0", "--eval.samples", "0",
+        "--model.mlp", "swiglu", "--model.tie_embeddings", "false", "--train.global_batch_tokens", "512",
+        "--train.micro_batch_size", "8", "--train.max_steps", "60", "--optim.lr", "3e-3",
+        "--schedule.warmup_steps", "10", "--eval.interval", "0", "--eval.samples", "0",
         "--log.plot", "false", "--train.device", "cpu", "--train.compile", "false",
         "--data.dir", root / "data", "--out", root / "run")
     for dtype in ("f32", "f16", "q8_0"):
