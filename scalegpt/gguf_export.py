@@ -73,7 +73,24 @@ def gguf_blockers(config: GPTConfig, tokenizer_spec: dict | None) -> list[str]:
         why.append(f"tokenizer '{kind}' (GGUF holds BPE or SentencePiece vocabularies: gpt2 or sentencepiece)")
     elif tokenizer_spec.get("vocab_size") != config.vocab_size:
         why.append(f"tokenizer vocab_size {tokenizer_spec.get('vocab_size')} != model vocab_size {config.vocab_size}")
+    elif kind == "sentencepiece" and _sentencepiece_proto(tokenizer_spec).trainer_spec.model_type != BPE:
+        why.append("SentencePiece unigram model (llama.cpp's SPM tokenizer merges pieces by score as BPE does, so it "
+                   "would split text differently; train one with --model-type bpe)")
     return why
+
+
+BPE = 2  # sentencepiece_model.proto: TrainerSpec.ModelType BPE
+
+
+def _sentencepiece_proto(spec: dict):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(base64.b64decode(spec["model"]))
+    except Exception as e:  # a hand-edited spec: bad base64, not a model
+        raise ScalegptError(f"the checkpoint's SentencePiece model cannot be read ({type(e).__name__})") from None
+    return proto
 
 
 def export_gguf(model: GPT, tokenizer_spec: dict | None, out, dtype: str = "f32", overwrite: bool = False,
@@ -234,17 +251,11 @@ def _gpt2_vocab(gguf):
 def _sentencepiece_vocab(spec: dict, gguf):
     """llama.cpp's SPM vocabulary (tokenizer model "llama") from the SentencePiece model inside the spec: pieces,
     scores and types, the BOS/EOS/UNK ids, and the normaliser's dummy-prefix and whitespace switches."""
-    import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        raw = base64.b64decode(spec["model"])
-        proto.ParseFromString(raw)
-        sp = spm.SentencePieceProcessor()
-        sp.LoadFromSerializedProto(raw)
-    except Exception as e:  # a hand-edited spec: bad base64, not a model
-        raise ScalegptError(f"the checkpoint's SentencePiece model cannot be read ({type(e).__name__})") from None
+    from scalegpt.tokenizer import tokenizer_from_spec
+
+    proto, sp = _sentencepiece_proto(spec), tokenizer_from_spec(spec).sp
     piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
     types_by_kind = {piece_type.NORMAL: gguf.TokenType.NORMAL, piece_type.UNKNOWN: gguf.TokenType.UNKNOWN,
                      piece_type.CONTROL: gguf.TokenType.CONTROL, piece_type.USER_DEFINED: gguf.TokenType.USER_DEFINED,

@@ -173,13 +173,22 @@ REFUSED = {
     "logit softcap": (modern_config(logit_softcap=15.0), "sp", ["logit_softcap = 15.0"]),
     "char tokenizer": (gpt2_config(vocab_size=66), "char", ["tokenizer 'char'"]),
     "no tokenizer": (gpt2_config(), None, ["no tokenizer"]),
+    "sentencepiece unigram": (gpt2_config(), "unigram", ["SentencePiece unigram model"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refusals_name_what_and_write_nothing(case, sp_spec, shakespeare_text, tmp_path):
     config, tok, named = REFUSED[case]
-    spec = {"sp": sp_spec, "char": get_tokenizer("char", text=shakespeare_text).spec(), None: None}[tok]
+    if tok == "unigram":
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "c.txt").write_text(shakespeare_text[:50_000], encoding="utf-8")
+        spec = get_tokenizer(str(train_sentencepiece([tmp_path / "in"], SP_VOCAB, tmp_path / "in" / "u",
+                                                     model_type="unigram"))).spec()
+        tmp_path = tmp_path / "out"
+        tmp_path.mkdir()
+    else:
+        spec = {"sp": sp_spec, "char": get_tokenizer("char", text=shakespeare_text).spec(), None: None}[tok]
     assert gguf_blockers(config, spec)
     with pytest.raises(ScalegptError) as e:
         export_gguf(GPT(config), spec, tmp_path / "m.gguf")
