@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalegpt._fs import atomic_file
+from scalegpt._fs import atomic_file, os_error_message
 from scalegpt.checkpoint import TIED_KEY, clean_state_dict
 from scalegpt.errors import ScalegptError
 from scalegpt import hf_llama
@@ -111,8 +111,10 @@ def export_gguf(model: GPT, tokenizer_spec: dict | None, out, dtype: str = "f32"
         raise ScalegptError(f"{out}: is a directory; --out names the .gguf file to write")
     if out.exists() and not overwrite:
         raise ScalegptError(f"{out}: file exists; pass --overwrite (overwrite=True) to replace it")
-    if not out.parent.is_dir():
-        raise ScalegptError(f"{out.parent}: no such directory for the output file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ScalegptError(f"cannot create the output's directory: {os_error_message(e)}") from None
     family = export_family(config)
     tensors = gguf_tensors(clean_state_dict(model.state_dict()), config, family, gguf)
     vocab = _gpt2_vocab(gguf) if tokenizer_spec["kind"] == "gpt2" else _sentencepiece_vocab(tokenizer_spec, gguf)
