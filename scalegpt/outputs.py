@@ -22,8 +22,8 @@ from scalegpt.errors import ScalegptError
 EXPORT_MARKER = "scalegpt_export.json"  # written into every HF export: what makes a directory an export of ours
 
 _NOUNS = {"dataset": "dataset", "run": "run directory", "export": "export", "image": "image",
-          "tokenizer": "SentencePiece model", "results": "JSON results file"}
-_FILE_KINDS = ("image", "tokenizer", "results")
+          "tokenizer": "SentencePiece model", "results": "JSON results file", "gguf": "GGUF file"}
+_FILE_KINDS = ("image", "tokenizer", "results", "gguf")
 _IMAGE_MAGIC = (b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"<?xml", b"<svg", b"%!PS", b"GIF8", b"II*\x00", b"MM\x00*",
                 b"RIFF")
 
@@ -31,7 +31,7 @@ _IMAGE_MAGIC = (b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"<?xml", b"<svg", b"%!PS"
 def check_output(out, *, kind: str, inputs=(), overwrite: bool = False, reuse: bool = False,
                  flag: str = "--out") -> Path:
     """Raise one ScalegptError unless the command may write `out` (a `kind` directory: dataset, run, export; or a
-    file: image, tokenizer, results); returns `out` as a Path.
+    file: image, tokenizer, results, gguf); returns `out` as a Path.
 
     overwrite: an existing output of ours may be replaced.  reuse: an existing output of ours may be continued
     (train --resume, a prepare that picks up its own interrupted work)."""
@@ -197,5 +197,9 @@ def _is_sentencepiece(path: Path) -> bool:
         return False
 
 
+def _is_gguf(path: Path) -> bool:
+    return _head(path, 4) == b"GGUF"
+
+
 _RECOGNISERS = {"dataset": _is_dataset, "run": _is_run, "export": _is_export, "image": _is_image,
-                "tokenizer": _is_sentencepiece, "results": _is_results}
+                "tokenizer": _is_sentencepiece, "results": _is_results, "gguf": _is_gguf}

@@ -550,6 +550,12 @@ CASES = [
          "cannot write export", read_only("ro")),
     Case("export disk full", ["export", "--checkpoint", "{gpt2}", "--out", "{tmp}/hf"], "hf: disk full",
          full_disk("*config.json*")),
+    Case("export gguf char tokenizer", ["export", "--format", "gguf", "--checkpoint", "{run}", "--out", "{tmp}/m.gguf"],
+         "tokenizer 'char'"),
+    Case("export gguf --out exists", ["export", "--format", "gguf", "--checkpoint", "{gpt2}", "--out", "{tmp}/m.gguf"],
+         "--overwrite", write("m.gguf", "mine"), survives=("{tmp}/m.gguf",)),
+    Case("export gguf read-only --out", ["export", "--format", "gguf", "--checkpoint", "{gpt2}", "--out",
+                                         "{tmp}/ro/m.gguf"], "cannot write file", read_only("ro")),
     # ---------------------------------------------------------------- plot
     Case("plot run missing", ["plot", "{tmp}/nope"], "nope"),
     Case("plot run without log", ["plot", "{tmp}"], "log.txt"),
