@@ -47,14 +47,14 @@ def register(sub) -> None:
     scale.add_argument("--executor", choices=["local", "ray", "slurm"],
                        help="run as datatrove tasks: local processes, a Ray cluster or SLURM job arrays; --workers "
                             "is then the number of tasks running at once")
-    scale.add_argument("--tasks", type=_int, help="number of tasks, each tokenizing a contiguous share of the input "
+    add_integer(scale, "--tasks", 1, 100_000, help="number of tasks, each tokenizing a contiguous share of the input "
                                                   "files / parquet row groups (default: one per file or row group, "
                                                   "at most 256); the bytes depend on it, not on the executor")
     scale.add_argument("--ray-address", metavar="HOST:PORT", help="join this Ray cluster (default: start a local "
                                                                    "one with --workers CPUs on 127.0.0.1)")
     scale.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
     scale.add_argument("--slurm-time", default="24:00:00", help="time limit per task (default 24:00:00)")
-    scale.add_argument("--slurm-cpus", type=_int, default=1, help="CPUs per task (default 1)")
+    add_integer(scale, "--slurm-cpus", 1, 4096, default=1, help="CPUs per task (default 1)")
     scale.add_argument("--slurm-sbatch-args", metavar="ARGS", help='extra #SBATCH options, e.g. '
                        '--slurm-sbatch-args="--account=a --qos=high" (with "=": the value starts with --)')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
