@@ -40,7 +40,8 @@ ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **hf_llama.ARCHITECTURES}
 
 
 def load_pretrained(name_or_dir: str, device: str | torch.device = "cpu") -> GPT:
-    """A GPT from a scalegpt model directory, a HF GPT-2 directory, or a GPT-2 hub name (online only)."""
+    """A GPT from a scalegpt model directory (or a run directory: its latest checkpoint), a HF GPT-2 directory, or a
+    GPT-2 hub name (online only)."""
     return load_pretrained_with_tokenizer(name_or_dir, device=device)[0]
 
 
@@ -52,6 +53,10 @@ def load_pretrained_with_tokenizer(name_or_dir: str, device: str | torch.device 
     path = Path(name_or_dir)
     if is_model_dir(path):
         return load_model_dir(path, device=device)
+    if (path / "checkpoints").is_dir():  # a run directory, as every CLI --checkpoint accepts: its latest checkpoint
+        from scalegpt.checkpoint.model_dir import resolve_checkpoint
+
+        return load_model_dir(resolve_checkpoint(path), device=device)
     if path.is_dir():
         return _load_hf_dir(path, device)
     if path.exists():

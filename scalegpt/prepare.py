@@ -16,6 +16,7 @@ interrupted run had finished come out byte-identical; an input error removes .pa
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 
 from scalegpt._fs import atomic_file, fsync_dir, write_text_atomically
 from scalegpt.errors import ScalegptError
-from scalegpt.sources import Source, discover
+from scalegpt.sources import Source, describe_skipped, discover
 from scalegpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, get_tokenizer, tokenizer_from_spec
 
 FORMAT = "scalegpt-tokens"
@@ -202,6 +203,29 @@ def _check_output_dir(out: Path, overwrite: bool, fingerprint: str) -> dict | No
     return state if resumable else None
 
 
+VAL_SLACK = 0.02  # a val document is cut only where it would lift val's share this far over --val-fraction
+
+
+def _fill_val(ids: np.ndarray, val: "ShardWriter", train: "ShardWriter", fraction: float | None,
+              val_tokens: int | None, eot: np.ndarray) -> np.ndarray:
+    """Write to val the part of a val document's tokens that fits its share; return the rest, which starts a new
+    train document. Without the cut one large document taken whole could swallow the corpus (1.78M of 4.2M tokens
+    went to val at --val-fraction 0.1); with it the share stays within VAL_SLACK of the asked one."""
+    if val_tokens is not None:
+        room = val_tokens - val.num_tokens
+    else:  # val + x = share * (train + val + x), the share with VAL_SLACK's tolerance (no cut of a small document)
+        share = min(fraction + VAL_SLACK, (1 + fraction) / 2)
+        room = math.ceil((share * (train.num_tokens + val.num_tokens) - val.num_tokens) / (1 - share))
+    room = max(0, room)
+    if len(ids) <= room:
+        val.write(ids)
+        return ids[:0]
+    val.write(ids[:room])
+    train.num_documents += 1
+    train.write(eot)
+    return ids[room:]
+
+
 def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str = "text",
             hf_dataset: str | None = None, hf_config: str | None = None, hf_split: str = "train",
             shard_tokens: int = 100_000_000, val_tokens: int | None = None, val_fraction: float | None = None,
@@ -227,12 +251,16 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
     if (out / "meta.json").exists() and not overwrite:
         raise ScalegptError(f"--out {out}: already holds a prepared dataset (meta.json); "
                             f"pass --overwrite to replace it, or choose another --out")
+    skipped: list[Path] = []
     if hf_dataset:
         if inputs:
             raise ScalegptError("give --input or --hf-dataset, not both")
         source = Source(hf=(hf_dataset, hf_config, hf_split), text_field=text_field, encoding=encoding, errors=errors)
     else:
-        source = Source(discover(list(inputs), exclude=out), text_field=text_field, encoding=encoding, errors=errors)
+        source = Source(discover(list(inputs), exclude=out, skipped=skipped), text_field=text_field,
+                        encoding=encoding, errors=errors)
+        if describe_skipped(skipped):
+            print(f"prepare: {describe_skipped(skipped)}")
 
     n_chars = None
     if tokenizer == "char":
@@ -290,7 +318,8 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
     ok = False
     try:
         current = train
-        pieces = source.pieces(cut_at=cut_at, progress=bar.update if bar else None)
+        pieces = source.pieces(cut_at=cut_at, progress=bar.update if bar else None,
+                               val_fraction=val_fraction if not single and val_tokens is None else None)
         for group, arrays in pool.map(_batches(pieces)):
             for piece, ids in zip(group, arrays):
                 if piece.new_doc:
@@ -305,6 +334,9 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
                         current = val if val.num_tokens < val_fraction * (train.num_tokens + val.num_tokens) else train
                     current.num_documents += 1
                     current.write(eot)
+                if current is val and piece.side is None and not single:
+                    ids = _fill_val(ids, val, train, val_fraction, val_tokens, eot)
+                    current = val if len(ids) == 0 else train  # a large document's rest goes to train
                 if single and val_tokens:
                     holdback.append(ids)
                     held += len(ids)
@@ -347,6 +379,8 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
         "eot_id": tok.eot_id, "dtype": dtype.name, "shard_tokens": shard_tokens,
         "split_rule": split_rule, "val_tokens": val_tokens, "val_fraction": val_fraction,
         "splits": {"train": train.summary(), "val": val.summary()},
+        "val_share": round(val.num_tokens / max(1, train.num_tokens + val.num_tokens), 4),  # as realised
+        "skipped_inputs": [str(p) for p in skipped],
         "inputs": source.describe(), "text_field": text_field, "encoding": encoding, "errors": errors,
         "command": command if command is not None else sys.argv,
     }

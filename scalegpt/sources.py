@@ -39,6 +39,7 @@ class InputFile:
     kind: str  # "text" | "jsonl" | "parquet"
     compression: str | None
     size: int
+    mtime_ns: int | None = None  # when it was listed: a file that changes while it is read is refused
 
 
 @dataclass
@@ -68,34 +69,77 @@ def classify(path: Path, explicit: bool) -> tuple[str, str | None] | None:
     return ("text", compression) if explicit else None
 
 
-def discover(inputs: list[str | os.PathLike], exclude: Path | None = None) -> list[InputFile]:
-    """Expand files and folders (recursively, sorted, hidden files skipped) into the ordered list of input files.
-    A folder walk skips `exclude` (the output directory, when it lies inside an input folder)."""
+def discover(inputs: list[str | os.PathLike], exclude: Path | None = None,
+             skipped: list[Path] | None = None) -> list[InputFile]:
+    """Expand files and folders (recursively, sorted) into the ordered list of input files. A folder walk takes the
+    known kinds only: it appends the other files, and the hidden entries it does not enter (.git), to `skipped` for
+    the command to name; a sub-folder it cannot read is an error, never a skip. It skips `exclude` (the output
+    directory, when it lies inside an input folder)."""
     exclude = exclude.resolve() if exclude is not None else None
     if not inputs:
         raise ScalegptError("no inputs: give --input FILE_OR_DIR..., --hf-dataset NAME or --recipe NAME")
     files: list[InputFile] = []
+    skipped = skipped if skipped is not None else []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = []
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p)
-                if exclude is not None and (f.resolve() == exclude or exclude in f.resolve().parents):
-                    continue
-                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    c = classify(f, explicit=False)
-                    if c:
-                        found.append(InputFile(f, c[0], c[1], f.stat().st_size))
+            for f in _walk(p, exclude, skipped):
+                c = classify(f, explicit=False)
+                if c:
+                    found.append(InputFile(f, c[0], c[1], _stat(f).st_size, _stat(f).st_mtime_ns))
+                else:
+                    skipped.append(f)
             if not found:
                 raise ScalegptError(f"{p}: folder contains no input files; expected {KNOWN}")
             files.extend(found)
         elif p.is_file():
             kind, comp = classify(p, explicit=True)
-            files.append(InputFile(p, kind, comp, p.stat().st_size))
+            files.append(InputFile(p, kind, comp, _stat(p).st_size, _stat(p).st_mtime_ns))
+        elif p.exists():
+            raise ScalegptError(f"{p}: not a regular file or folder; expected {KNOWN}")
         else:
             raise ScalegptError(f"{p}: no such file or directory")
     return files
+
+
+def _walk(root: Path, exclude: Path | None, skipped: list[Path]) -> Iterator[Path]:
+    """The regular files under `root` in sorted order; an unreadable folder raises (os.walk alone would skip it)."""
+    def fail(e: OSError):
+        raise ScalegptError(f"{e.filename}: cannot read folder ({e.strerror}); fix its permissions or leave it "
+                            "out of --input") from None
+
+    for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
+        here = Path(folder)
+        hidden = [d for d in dirs if d.startswith(".")]
+        skipped.extend(here / d for d in sorted(hidden))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not (exclude is not None and (here / d).resolve() == exclude))
+        for name in sorted(names):
+            f = here / name
+            if name.startswith("."):
+                skipped.append(f)
+            elif f.is_file():
+                yield f
+            else:
+                skipped.append(f)  # a FIFO, socket or broken link
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError as e:
+        raise ScalegptError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def describe_skipped(skipped: list[Path], limit: int = 5) -> str | None:
+    """'skipped 17 inputs not of a known kind: a, b, ... (name a file on its own to read it as text)', or None."""
+    if not skipped:
+        return None
+    shown = ", ".join(str(p) for p in skipped[:limit]) + (f", ... ({len(skipped) - limit} more)"
+                                                          if len(skipped) > limit else "")
+    return (f"skipped {len(skipped)} folder entr{'y' if len(skipped) == 1 else 'ies'} that are hidden or not of a "
+            f"known kind ({KNOWN}): {shown}; give a file by name to read it as text")
 
 
 class _Counting(io.RawIOBase):
@@ -158,6 +202,24 @@ def _decoder(encoding: str, errors: str):
         raise ScalegptError(f"--encoding: unknown text encoding '{encoding}'") from None
 
 
+BINARY_SNIFF = 8192  # a NUL byte in a text file's first bytes: it is binary (a .npy shard, an image, a model)
+
+
+def binary_error(inp: InputFile, offset: int) -> ScalegptError:
+    where = "uncompressed byte offset" if inp.compression else "byte offset"
+    return ScalegptError(f"{inp.path}: looks binary (a NUL byte at {where} {offset}), expected text; leave it out "
+                         f"of --input (the readers take {KNOWN})")
+
+
+def check_unchanged(inp: InputFile) -> None:
+    """Refuse a file whose size or modification time changed since it was listed: its tokens would mix two
+    versions (or be cut short by a writer still at work)."""
+    st = _stat(inp.path)
+    if st.st_size != inp.size or (inp.mtime_ns is not None and st.st_mtime_ns != inp.mtime_ns):
+        raise ScalegptError(f"{inp.path}: changed while it was read (size {inp.size:,} -> {st.st_size:,} bytes"
+                            f"{'' if st.st_size != inp.size else ', modified'}); run again once it is complete")
+
+
 def decode_error(inp: InputFile, encoding: str, offset: int, e: UnicodeDecodeError) -> ScalegptError:
     what = "uncompressed byte offset" if inp.compression else "byte offset"
     bad = e.object[e.start:e.start + 1].hex()
@@ -171,7 +233,10 @@ def iter_text_chars(inp: InputFile, encoding: str, errors: str, progress: Progre
     """Decoded blocks of a text file, verbatim (no newline translation); decode errors name the byte offset."""
     dec = _decoder(encoding, errors)
     consumed = 0
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # NUL bytes are text there
     for block in _read_blocks(inp, progress):
+        if consumed == 0 and not wide and b"\0" in block[:BINARY_SNIFF]:
+            raise binary_error(inp, block.index(b"\0"))
         pending = len(dec.getstate()[0])
         try:
             text = dec.decode(block)
@@ -361,14 +426,23 @@ class Source:
             return [list(self.hf)]
         return [[str(f.path.resolve()), f.size, f.path.stat().st_mtime_ns] for f in self.files]
 
-    def pieces(self, cut_at: int | None = None, progress: Progress | None = None) -> Iterator[Piece]:
+    def pieces(self, cut_at: int | None = None, progress: Progress | None = None,
+               val_fraction: float | None = None) -> Iterator[Piece]:
+        """The documents in order. With `val_fraction`, a text file too large to go to one split whole (over half
+        the validation share of all the bytes) is split by position like a single document: its last val_fraction
+        of characters marked `val`, the rest `train`."""
         if self.hf:
             for text in hf_records(*self.hf, self.text_field):
                 yield Piece(text, True)
             return
+        large = val_fraction * (self.total_bytes or 0) / 2 if val_fraction else None
         for inp in self.files:
+            check_unchanged(inp)
             if inp.kind == "text":
-                yield from text_pieces(inp, self.encoding, self.errors, cut_at=cut_at, progress=progress)
+                cut = cut_at
+                if large is not None and inp.size > large:
+                    cut = int(self.file_chars(inp) * (1 - val_fraction))
+                yield from text_pieces(inp, self.encoding, self.errors, cut_at=cut, progress=progress)
             elif inp.kind == "jsonl":
                 for text in jsonl_records(inp, self.text_field, self.encoding, self.errors, progress):
                     if text:
@@ -377,24 +451,31 @@ class Source:
                 for text in parquet_records(inp, self.text_field, progress):
                     if text:
                         yield Piece(text, True)
+            check_unchanged(inp)
 
     def char_count(self) -> int:
-        """Characters in the inputs. For an uncompressed file in UTF-8 or a one-byte encoding, counted from the bytes
-        without decoding (a 10 GB file costs seconds, not a decode pass); invalid bytes fail later, in the real pass."""
-        if len(self.files) == 1 and not self.files[0].compression and self.errors == "strict":
+        """Characters in the inputs (of the one file of a single-document source: file_chars)."""
+        if len(self.files) == 1:
+            return self.file_chars(self.files[0])
+        return sum(len(p.text) for p in self.pieces())
+
+    def file_chars(self, inp: InputFile) -> int:
+        """Characters in one text file. Uncompressed in UTF-8 or a one-byte encoding: counted from the bytes without
+        decoding (a 10 GB file costs seconds, not a decode pass); invalid bytes fail later, in the real pass."""
+        if not inp.compression and self.errors == "strict":
             name = codecs.lookup(self.encoding).name
             if name == "utf-8":
                 import numpy as np
 
                 n = 0
-                with open(self.files[0].path, "rb") as f:
+                with open(inp.path, "rb") as f:
                     while block := f.read(1 << 24):
                         b = np.frombuffer(block, dtype=np.uint8)
                         n += len(b) - int(np.count_nonzero((b & 0xC0) == 0x80))  # continuation bytes start no char
                 return n
             if len(bytes(range(256)).decode(self.encoding, "replace")) == 256 and not name.startswith("utf"):
-                return self.files[0].size  # one byte, one character
-        return sum(len(p.text) for p in self.pieces())
+                return inp.size  # one byte, one character
+        return sum(len(t) for t in iter_text_chars(inp, self.encoding, self.errors))
 
     def char_stats(self) -> tuple[set[str], int]:
         """A first streaming pass: the set of characters (for the char vocabulary) and the number of characters."""

@@ -16,6 +16,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Runs compared bit for bit (resume tests) must compute with one thread count: pin torch's default instead of the
+# trainer measuring one per run (tests/test_runtime.py tests the measuring with this unset).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 TESTS_DIR = Path(__file__).resolve().parent
 # Small real fixtures shipped with the repository (tests/data/README.md): always present.
 DATA_DIR = TESTS_DIR / "data"

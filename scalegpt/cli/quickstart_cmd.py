@@ -129,7 +129,15 @@ def run_quickstart(args) -> int:
     started = time.time()
     from scalegpt.checkpoint.train_state import prepare_run_dir
 
-    prepare_run_dir(Path(args.out), resume=False, overwrite=False) if not args.overwrite else None  # fail early
+    if not args.overwrite:  # fail early, with what quickstart itself accepts
+        try:
+            prepare_run_dir(Path(args.out), resume=False, overwrite=False)
+        except ScalegptError as e:
+            if "--resume" not in str(e):
+                raise
+            raise ScalegptError(f"--out {args.out}: a run is already there; pass --overwrite to start it again, or "
+                                f"--out DIR for a new one (to train it further: scalegpt train --out {args.out} "
+                                "--resume --train.max_steps N)") from None
     inputs, name, prompt = choose_inputs(args)
     data_dir = Path(args.data_dir or Path("data") / f"quickstart-{name}")
     overrides = [("data.dir", str(data_dir)), ("eval.prompt", prompt)]

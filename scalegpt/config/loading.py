@@ -232,8 +232,8 @@ def parse_override_args(args: list[str]) -> list[tuple[str, str]]:
 
 
 # Keys that say the same thing two ways: one given on the command line beats the other from a file, which is then
-# dropped with a note (`--train.max_steps 500` on a preset with `time_budget = "2m"` trains 500 steps). Both given
-# on the command line contradict each other. (key, its rival, the rival's "off" value)
+# dropped with a note (`--train.max_steps 500` on a preset with `time_budget = "2m"` trains 500 steps). Both on the
+# command line: the time budget runs and says that it ignores max_steps. (key, its rival, the rival's "off" value)
 RIVAL_KEYS = [("train.max_steps", "train.time_budget", "")]
 
 
@@ -254,13 +254,10 @@ def load_config(path=None, overrides: Mapping[str, object] | Iterable[tuple[str,
 
 
 def _settle_rivals(config: Config, given: dict, path, notes: list[str] | None) -> None:
-    """An override beats its rival from the file (RIVAL_KEYS); two rivals both overridden and on are refused."""
+    """An override beats its rival from the file or the defaults (RIVAL_KEYS)."""
     for key, rival, off in RIVAL_KEYS:
         if key not in given:
             continue
-        if rival in given and get(config, rival) != off:
-            raise ScalegptError(f"--{key} and --{rival} contradict each other (a step count and a time budget); "
-                                f"give one")
         if rival not in given and get(config, rival) != off:
             note = (f"--{key} {given[key]} given: {rival} = {get(config, rival)!r} from {path or 'the defaults'} "
                     f"is dropped")
