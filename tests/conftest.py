@@ -89,3 +89,21 @@ def run_cli(capsys):
         return rc, out, err
 
     return run
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The trainer's clock (scalegpt.budget.clock) advancing `fake_clock.tick` seconds per reading (default 0.05):
+    a time budget then fixes the same max_steps on a loaded machine as on a quiet one."""
+    import types
+
+    from scalegpt import budget
+
+    state = types.SimpleNamespace(now=1000.0, tick=0.05)
+
+    def clock() -> float:
+        state.now += state.tick
+        return state.now
+
+    monkeypatch.setattr(budget, "clock", clock)
+    return state
