@@ -16,7 +16,6 @@ interrupted run had finished come out byte-identical; an input error removes .pa
 from __future__ import annotations
 
 import hashlib
-import math
 import json
 import os
 import shutil
@@ -203,20 +202,13 @@ def _check_output_dir(out: Path, overwrite: bool, fingerprint: str) -> dict | No
     return state if resumable else None
 
 
-VAL_SLACK = 0.02  # a val document is cut only where it would lift val's share this far over --val-fraction
-
-
-def _fill_val(ids: np.ndarray, val: "ShardWriter", train: "ShardWriter", fraction: float | None,
-              val_tokens: int | None, eot: np.ndarray) -> np.ndarray:
-    """Write to val the part of a val document's tokens that fits its share; return the rest, which starts a new
-    train document. Without the cut one large document taken whole could swallow the corpus (1.78M of 4.2M tokens
-    went to val at --val-fraction 0.1); with it the share stays within VAL_SLACK of the asked one."""
-    if val_tokens is not None:
-        room = val_tokens - val.num_tokens
-    else:  # val + x = share * (train + val + x), the share with VAL_SLACK's tolerance (no cut of a small document)
-        share = min(fraction + VAL_SLACK, (1 + fraction) / 2)
-        room = math.ceil((share * (train.num_tokens + val.num_tokens) - val.num_tokens) / (1 - share))
-    room = max(0, room)
+def _fill_val(ids: np.ndarray, val: "ShardWriter", train: "ShardWriter", val_tokens: int,
+              eot: np.ndarray) -> np.ndarray:
+    """--val-tokens N: write to val the part of a val document's tokens that keeps val under 2 N; return the rest,
+    which starts a new train document. Documents are taken whole until val has N tokens, but one huge document
+    taken whole could swallow the corpus. (--val-fraction splits a large text file by position instead:
+    Source.pieces.)"""
+    room = max(0, 2 * val_tokens - val.num_tokens)
     if len(ids) <= room:
         val.write(ids)
         return ids[:0]
@@ -334,8 +326,8 @@ def prepare(inputs=(), out="data", tokenizer: str = "gpt2", *, text_field: str =
                         current = val if val.num_tokens < val_fraction * (train.num_tokens + val.num_tokens) else train
                     current.num_documents += 1
                     current.write(eot)
-                if current is val and piece.side is None and not single:
-                    ids = _fill_val(ids, val, train, val_fraction, val_tokens, eot)
+                if current is val and piece.side is None and not single and val_tokens is not None:
+                    ids = _fill_val(ids, val, train, val_tokens, eot)
                     current = val if len(ids) == 0 else train  # a large document's rest goes to train
                 if single and val_tokens:
                     holdback.append(ids)
