@@ -18,13 +18,14 @@ def register(sub) -> None:
 
 def run_export(args) -> int:
     from scalegpt.checkpoint import load_model_dir, resolve_checkpoint
-    from scalegpt.hf import ARCHITECTURES, export_family, export_hf
+    from scalegpt.hf import ARCHITECTURES, export_family, export_hf, hf_tokenizer_note
 
     ckpt = resolve_checkpoint(args.checkpoint)
     model, spec = load_model_dir(ckpt)
     out = export_hf(model, spec, args.out, overwrite=args.overwrite)
     kind = spec.get("kind") if spec else "none"
-    extra = " + tokenizer files" if kind == "gpt2" else ""
+    extra = " + tokenizer files" if kind in ("gpt2", "char") else ""
     architecture = ARCHITECTURES[export_family(model.config)]
     print(f"exported {ckpt} ({model.num_params():,} parameters, tokenizer {kind}) to {out} as {architecture}{extra}")
+    print(f"  tokenizer: {hf_tokenizer_note(spec)}")
     return 0
