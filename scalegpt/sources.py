@@ -109,8 +109,15 @@ def _walk(root: Path, exclude: Path | None, skipped: list[Path]) -> Iterator[Pat
         raise ScalegptError(f"{e.filename}: cannot read folder ({e.strerror}); fix its permissions or leave it "
                             "out of --input") from None
 
+    seen: set[str] = set()  # real paths of the folders walked: a symlink loop is walked once
     for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
         here = Path(folder)
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            skipped.append(here)
+            continue
+        seen.add(real)
         hidden = [d for d in dirs if d.startswith(".")]
         skipped.extend(here / d for d in sorted(hidden))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")

@@ -188,5 +188,8 @@ def run_quickstart(args) -> int:
     print(f"  plot:       {run / 'loss.png'}")
     prompt_arg = f" --prompt {shlex.quote(prompt)}" if prompt.strip() else ""
     print(f"  sample it:  scalegpt sample --checkpoint {run}{prompt_arg}")
+    if result.step < config.schedule.warmup_steps:
+        print(f"  WARNING:    only {result.step} steps (the preset's warmup alone is {config.schedule.warmup_steps}): "
+              "expect noise below; train longer (--time-budget 5m, or --max-steps 1500)")
     print("-" * 72 + f"\n{prompt}{sample}\n" + "=" * 72)
     return exit_code(result)
