@@ -169,7 +169,7 @@ def pick_threads(requested: int, rows: int, width: int, recorded: int | None = N
     elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         n, why = max(1, int(os.environ["OMP_NUM_THREADS"])), "set by OMP_NUM_THREADS"
     elif recorded:
-        n, why = recorded, "as the run started (recorded in its checkpoint)"
+        n, why = recorded, "as the run started: recorded in its checkpoint"
     elif default <= 1:
         n, why = 1, "one core"
     else:
