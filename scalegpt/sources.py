@@ -325,14 +325,14 @@ class Source:
 
     def pieces(self, cut_at: int | None = None, progress: Progress | None = None,
                val_fraction: float | None = None) -> Iterator[Piece]:
-        """The documents in order. With `val_fraction`, a text file too large to go to one split whole (over half
-        the validation share of all the bytes) is split by position like a single document: its last val_fraction
-        of characters marked `val`, the rest `train`."""
+        """The documents in order. With `val_fraction`, a text file too large to go to one split whole (larger than
+        the validation share of all the bytes: alone it would overfill val) is split by position like a single
+        document: its last val_fraction of characters marked `val`, the rest `train`."""
         if self.hf:
             for text in hf_records(*self.hf, self.text_field):
                 yield Piece(text, True)
             return
-        large = val_fraction * (self.total_bytes or 0) / 2 if val_fraction else None
+        large = val_fraction * (self.total_bytes or 0) if val_fraction else None
         for inp in self.files:
             check_unchanged(inp)
             if inp.kind == "text":
