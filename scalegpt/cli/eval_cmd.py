@@ -138,6 +138,11 @@ def run_loss(args) -> int:
     if seq_len > model.config.block_size:
         raise ScalegptError(f"--seq-len {seq_len} exceeds the model's block_size {model.config.block_size}")
     batches = eval_batches(ds, batch_size=args.batch_size, seq_len=seq_len, max_tokens=args.tokens, device=device)
+    if str(device).startswith("cpu"):  # two threads on a busy 2-core CPU ran ~4x slower than one (pick_threads)
+        from scalegpt.runtime import pick_threads
+
+        threads, why = pick_threads(0, args.batch_size * seq_len, model.config.n_embd)
+        print(f"threads: {threads} ({why})", file=sys.stderr)
     batches = _with_progress(batches, ds, args, seq_len, model)
     result = evaluate_loss(model, batches, device=device, byte_lengths=token_byte_lengths(tokenizer_from_spec(spec)))
     print(f"checkpoint {where}, {args.split} split of {args.data}: {result['tokens']:,} tokens "
