@@ -24,7 +24,7 @@ def test_quickstart_default_stdlib_end_to_end(tmp_path, run_cli):
     assert (run / "loss.png").is_file() and "3 train" in (run / "log.txt").read_text()
     # again: the run directory is never clobbered, and the prepared data is reused
     rc, _, err = run_cli(*args)
-    assert rc == 2 and "run directory exists" in err
+    assert rc == 2 and "a run is already there; pass --overwrite" in err
     rc, out, err = run_cli(*args, "--overwrite", "--max-steps", "1")
     assert rc == 0, err
     assert "data: reusing" in out
