@@ -18,8 +18,15 @@ steps.
 """
 from __future__ import annotations
 
+import time
+
 from scalegpt.config import parse_duration
 from scalegpt.errors import ScalegptError
+
+# The trainer reads time through this name only, so a test can swap in a clock that advances a fixed amount per
+# reading and get the same max_steps on a loaded machine as on a quiet one (tests/test_budget.py).
+clock = time.perf_counter
+MAX_WARMUP_SHARE = 0.2  # a warmup longer than this share of max_steps is shortened to it (time budget)
 
 SKIP_STEPS = 2  # first steps left out of the timing: allocations, optimizer-state init, compilation
 MAX_MEASURED_STEPS = 8  # steps timed; more steady the figure, but the later the decision
@@ -82,3 +89,48 @@ class TimeBudget:
                  if self.eval_interval and self.last_eval else "")
         return (f"time budget {self.text}: measured {self.ms_per_step:.1f} ms/step over "
                 f"{self.last - self.first + 1} steps{evals} -> max_steps = {max_steps}")
+
+
+def fit_schedule(max_steps: int, warmup_steps: int, decay_steps: int) -> tuple[int, int, str | None]:
+    """(warmup, decay, note): the schedule a time budget's max_steps gets. The preset's warmup was sized for the steps
+    a typical machine trains; on a slower one it could outlast the run (the learning rate would never reach its
+    peak nor decay). So the warmup is cut to MAX_WARMUP_SHARE of the steps and an explicit decay that ends after
+    the last step to the last step. A pure function of max_steps: a resumed run computes the same schedule."""
+    warmup = min(warmup_steps, max(1, int(max_steps * MAX_WARMUP_SHARE)))
+    decay = min(decay_steps, max_steps) if decay_steps else 0
+    if (warmup, decay) == (warmup_steps, decay_steps):
+        return warmup, decay, None
+    note = (f"schedule fitted to the {max_steps} steps: warmup {warmup_steps} -> {warmup} steps"
+            + (f", decay {decay_steps} -> {decay} steps" if decay != decay_steps else ""))
+    if max_steps < warmup_steps:
+        note += (f". WARNING: {max_steps} steps is far fewer than this config expects (its warmup alone is "
+                 f"{warmup_steps}): expect an undertrained model; give a longer train.time_budget, or a fixed "
+                 "--train.max_steps")
+    return warmup, decay, note
+
+
+def schedule_note(max_steps: int, warmup_steps: int, decay_steps: int) -> str | None:
+    """A one-line warning for an explicit max_steps the schedule does not fit (kept as asked: the user chose it)."""
+    if warmup_steps >= max_steps:
+        return (f"WARNING: schedule.warmup_steps ({warmup_steps}) >= train.max_steps ({max_steps}): the learning rate "
+                "never reaches optim.lr; lower schedule.warmup_steps")
+    if decay_steps > max_steps:
+        return (f"note: schedule.decay_steps ({decay_steps}) > train.max_steps ({max_steps}): the run ends before "
+                "the learning rate has decayed")
+    return None
+
+
+def plan_steps(config, step: int, budget_max_steps: int | None) -> tuple[int | None, "TimeBudget | None", list[str]]:
+    """(max_steps, the budget still to measure, lines to print) of a run at `step`: train.max_steps; with a time
+    budget the number it fixed (from the checkpoint), or None and a TimeBudget that will measure it."""
+    c = config
+    if not c.train.time_budget:
+        note = schedule_note(c.train.max_steps, c.schedule.warmup_steps, c.schedule.decay_steps)
+        return c.train.max_steps, None, [note] if note else []
+    if budget_max_steps is not None:
+        return budget_max_steps, None, [f"time budget {c.train.time_budget}: max_steps = {budget_max_steps} (fixed "
+                                        "when the run measured its speed; read from the checkpoint)"]
+    s = c.schedule
+    budget = TimeBudget(c.train.time_budget, step, s.kind, s.warmup_steps, s.decay_steps, c.eval.interval)
+    return None, budget, [f"time budget {c.train.time_budget}: max_steps will be fixed from the speed of updates "
+                          f"{budget.first}-{budget.last} (train.max_steps is ignored)"]

@@ -37,6 +37,9 @@ class RunSummary:
     tokens: int | None = None
     wall_s: float | None = None
     tokens_per_s: float | None = None
+    precision: str | None = None  # from the run's "runtime" record
+    threads: int | None = None
+    dataset: str | None = None
     # val loss curve: (step, tokens seen, elapsed seconds or None, loss)
     val_curve: list[tuple[int, int | None, float | None, float]] = field(default_factory=list)
 
@@ -87,7 +90,27 @@ def summarize_run(run_dir) -> RunSummary:
     s.wall_s = elapsed[-1] if elapsed else None
     speeds = [_number(r, "tokens_per_s") for r in by_kind.get("speed", []) if _number(r, "tokens_per_s") is not None]
     s.tokens_per_s = sum(speeds) / len(speeds) if speeds else None
+    runtime = by_kind.get("runtime", [{}])[-1]  # how the run computed and on what (the trainer's "runtime" record)
+    plain = lambda v: v if isinstance(v, (str, int)) and not isinstance(v, bool) else None
+    s.precision, s.threads = plain(runtime.get("precision")), plain(runtime.get("threads"))
+    s.dataset = (f"{runtime['data_dir']} ({runtime.get('data_tokens')} tokens)"
+                 if isinstance(runtime.get("data_dir"), str) else None)
     return s
+
+
+# Differences that make a comparison of losses unfair, named beside the table (and before any t-test is trusted).
+CONDITIONS = {"steps": "steps", "precision": "precision", "dataset": "dataset"}
+
+
+def condition_notes(summaries: list[RunSummary]) -> list[str]:
+    """One note per condition in which the runs differ (steps, precision, dataset), naming the values."""
+    notes = []
+    for fig, name in CONDITIONS.items():
+        values = {getattr(s, fig) for s in summaries if getattr(s, fig) is not None}
+        if len(values) > 1:
+            shown = ", ".join(f"{s.run}: {getattr(s, fig)}" for s in summaries if getattr(s, fig) is not None)
+            notes.append(f"the runs differ in {name} ({shown}): their losses are not a like-for-like comparison")
+    return notes
 
 
 # ------------------------------------------------------------------------------------------------------ statistics

@@ -59,7 +59,7 @@ def work_units(files: list[InputFile]) -> list[InputFile]:
                 n = pq.ParquetFile(f.path).num_row_groups
             except Exception as e:  # pyarrow's own error types
                 raise ScalegptError(f"{f.path}: not a readable parquet file ({e})") from None
-            units += [InputFile(f.path, f.kind, None, f.size // max(1, n), (g,)) for g in range(n)]
+            units += [InputFile(f.path, f.kind, None, f.size, f.mtime_ns, row_groups=(g,)) for g in range(n)]
         else:
             units.append(f)
     return units

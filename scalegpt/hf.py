@@ -42,7 +42,8 @@ ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **hf_llama.ARCHITECTURES}
 
 
 def load_pretrained(name_or_dir: str, device: str | torch.device = "cpu") -> GPT:
-    """A GPT from a scalegpt model directory, a HF GPT-2 directory, or a GPT-2 hub name (online only)."""
+    """A GPT from a scalegpt model directory (or a run directory: its latest checkpoint), a HF GPT-2 directory, or a
+    GPT-2 hub name (online only)."""
     return load_pretrained_with_tokenizer(name_or_dir, device=device)[0]
 
 
@@ -54,6 +55,10 @@ def load_pretrained_with_tokenizer(name_or_dir: str, device: str | torch.device 
     path = Path(name_or_dir)
     if is_model_dir(path):
         return load_model_dir(path, device=device)
+    if (path / "checkpoints").is_dir():  # a run directory, as every CLI --checkpoint accepts: its latest checkpoint
+        from scalegpt.checkpoint.model_dir import resolve_checkpoint
+
+        return load_model_dir(resolve_checkpoint(path), device=device)
     if path.is_dir():
         return _load_hf_dir(path, device)
     why = path_problem(path, "dir")
@@ -318,7 +323,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
     model.safetensors, generation_config.json, tokenizer files for gpt2, and EXPORT_MARKER). An existing non-empty
     `out_dir` is replaced only when it is an export of ours, with overwrite=True, and only once the new directory is
     complete; it may not be, contain or lie inside one of `inputs` (the checkpoint read)."""
-    from safetensors.torch import save_file
+    from scalegpt.checkpoint.model_dir import save_safetensors
 
     model = unwrap(model)
     config = model.config
@@ -337,7 +342,7 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
         hf_config = hf_llama.config_to_hf(config, tokenizer_spec.get("eot_id") if tokenizer_spec else None)
 
     def write(tmp: Path) -> None:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(state, tmp / "model.safetensors", {"format": "pt"})
         _write_json(tmp / "config.json", hf_config)
         eot = hf_config["eos_token_id"]
         _write_json(tmp / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
@@ -346,6 +351,10 @@ def export_hf(model: GPT, tokenizer_spec: dict | None, out_dir, overwrite: bool 
             _write_json(tmp / TOKENIZER_SPEC_FILE, tokenizer_spec)
             if tokenizer_spec.get("kind") == "gpt2":
                 _write_gpt2_tokenizer_files(tmp, config.block_size)
+            elif tokenizer_spec.get("kind") == "char":
+                _write_char_tokenizer_files(tmp, tokenizer_spec, config.block_size)
+            else:  # without this, AutoTokenizer would build an empty GPT-2 tokenizer (every text -> no ids)
+                _write_json(tmp / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast"})
 
     write_dir_atomically(out, write, label="export")
     return out
@@ -364,6 +373,36 @@ def _write_gpt2_tokenizer_files(directory: Path, max_length: int) -> None:
     })
     _write_json(directory / "special_tokens_map.json",
                 {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT})
+
+
+def hf_tokenizer_note(spec: dict | None) -> str:
+    """What an export writes for transformers' AutoTokenizer, in words (export prints it)."""
+    kind = spec.get("kind") if spec else None
+    if kind in ("gpt2", "char"):
+        return f"a {kind} tokenizer that transformers.AutoTokenizer loads"
+    if kind is None:
+        return "no tokenizer (the checkpoint records none)"
+    return (f"no transformers tokenizer for {kind} (AutoTokenizer refuses the directory); tokenize with "
+            f"sentencepiece, whose model is in {TOKENIZER_SPEC_FILE}")
+
+
+def _write_char_tokenizer_files(directory: Path, spec: dict, max_length: int) -> None:
+    """A `tokenizers` tokenizer.json for a char vocabulary: a BPE model with no merges maps each character to its id
+    and the Fuse decoder joins them back; the end-of-text id is a special token."""
+    from tokenizers import Tokenizer, decoders, models
+
+    from scalegpt.tokenizer import EOT_TEXT
+
+    vocab = {c: i for i, c in enumerate(spec["chars"])}
+    vocab[EOT_TEXT] = spec["eot_id"]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([EOT_TEXT])
+    tok.save(str(directory / "tokenizer.json"))
+    _write_json(directory / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+        "bos_token": EOT_TEXT, "eos_token": EOT_TEXT,
+    })
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from scalegpt._fs import atomic_file, fsync_dir, read_json_object, write_text_atomically
 from scalegpt.errors import ScalegptError
 from scalegpt.outputs import check_output, check_output_path
-from scalegpt.sources import Source, discover
+from scalegpt.sources import Source, describe_skipped, discover
 from scalegpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer, get_tokenizer, tokenizer_from_spec
 
 FORMAT = "scalegpt-tokens"
@@ -205,6 +205,22 @@ def _check_output_dir(out: Path, overwrite: bool, fingerprint: str) -> dict | No
     return state if resumable else None
 
 
+def _fill_val(ids: np.ndarray, val: "ShardWriter", train: "ShardWriter", val_tokens: int,
+              eot: np.ndarray) -> np.ndarray:
+    """--val-tokens N: write to val the part of a val document's tokens that keeps val under 2 N; return the rest,
+    which starts a new train document. Documents are taken whole until val has N tokens, but one huge document
+    taken whole could swallow the corpus. (--val-fraction splits a large text file by position instead:
+    Source.pieces.)"""
+    room = max(0, 2 * val_tokens - val.num_tokens)
+    if len(ids) <= room:
+        val.write(ids)
+        return ids[:0]
+    val.write(ids[:room])
+    train.num_documents += 1
+    train.write(eot)
+    return ids[room:]
+
+
 def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_field: str = "text",
             hf_dataset: str | None = None, hf_config: str | None = None, hf_split: str = "train",
             shard_tokens: int = 100_000_000, val_tokens: int | None = None, val_fraction: float | None = None,
@@ -234,13 +250,16 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
     # A directory holding only the scratch of an interrupted prepare is continued (or restarted) without --overwrite.
     check_output(out, kind="dataset", inputs=list(inputs), overwrite=overwrite,
                  reuse=not os.path.lexists(out / "meta.json"))
+    skipped: list[Path] = []
     if hf_dataset:
         if inputs:
             raise ScalegptError("give --input or --hf-dataset, not both")
         source = Source(hf=(hf_dataset, hf_config, hf_split), text_field=text_field, encoding=encoding, errors=errors)
     else:
-        found = files if files is not None else discover(list(inputs), exclude=out)
+        found = files if files is not None else discover(list(inputs), exclude=out, skipped=skipped)
         source = Source(found, text_field=text_field, encoding=encoding, errors=errors)
+        if describe_skipped(skipped):
+            print(f"prepare: {describe_skipped(skipped)}")
 
     n_chars = None
     if isinstance(tokenizer, Tokenizer):
@@ -300,7 +319,8 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
     ok = False
     try:
         current = train
-        pieces = source.pieces(cut_at=cut_at, progress=bar.update if bar else None)
+        pieces = source.pieces(cut_at=cut_at, progress=bar.update if bar else None,
+                               val_fraction=val_fraction if not single and val_tokens is None else None)
         for group, arrays in pool.map(_batches(pieces)):
             for piece, ids in zip(group, arrays):
                 if piece.new_doc:
@@ -315,6 +335,9 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
                         current = val if val.num_tokens < val_fraction * (train.num_tokens + val.num_tokens) else train
                     current.num_documents += 1
                     current.write(eot)
+                if current is val and piece.side is None and not single and val_tokens is not None:
+                    ids = _fill_val(ids, val, train, val_tokens, eot)
+                    current = val if len(ids) == 0 else train  # a large document's rest goes to train
                 if single and val_tokens:
                     holdback.append(ids)
                     held += len(ids)
@@ -357,6 +380,8 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
         "eot_id": tok.eot_id, "dtype": dtype.name, "shard_tokens": shard_tokens,
         "split_rule": split_rule, "val_tokens": val_tokens, "val_fraction": val_fraction,
         "splits": {"train": train.summary(), "val": val.summary()},
+        "val_share": round(val.num_tokens / max(1, train.num_tokens + val.num_tokens), 4),  # as realised
+        "skipped_inputs": [str(p) for p in skipped],
         "inputs": source.describe(), "text_field": text_field, "encoding": encoding, "errors": errors,
         "command": command if command is not None else sys.argv,
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 
 class StopSignals:
@@ -40,3 +42,17 @@ class StopSignals:
 def exit_code(stopped_by: str | None) -> int:
     """0 when training finished; 128 + the signal number when a signal stopped it (as a killed process would)."""
     return 0 if stopped_by is None else 128 + int(getattr(signal, stopped_by))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # updates done when fit() returned
+    checkpoint: Path | None  # the latest checkpoint written (None when none was)
+    val_loss: float | None  # the latest validation loss
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
+
+
+def run_exit_code(result: TrainResult) -> int:
+    """0 when training finished; 128 + the signal number when a signal stopped it (as a killed process would)."""
+    return exit_code(result.stopped_by)

@@ -13,19 +13,17 @@ import bz2
 import codecs
 import gzip
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from scalegpt._fs import atomic_file, parse_json, path_problem
+from scalegpt._fs import atomic_file, parse_json
 from scalegpt.errors import ScalegptError
+from scalegpt.listing import (  # noqa: F401 (the listing is part of this module's interface)
+    COMPRESSED_SUFFIXES, JSONL_SUFFIXES, KNOWN, PARQUET_SUFFIXES, TEXT_SUFFIXES, InputFile, classify,
+    describe_skipped, discover, stat_input,
+)
 
-TEXT_SUFFIXES = {".txt", ".text", ".md"}
-JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-PARQUET_SUFFIXES = {".parquet"}
-COMPRESSED_SUFFIXES = {".gz", ".zst", ".bz2"}
-KNOWN = "text (.txt/.text/.md), JSON lines (.jsonl/.json), .parquet, optionally compressed (.gz/.zst/.bz2)"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 READ_BLOCK = 1 << 20
 PIECE_CHARS = 1 << 18  # big enough to amortise inter-process traffic, small enough to spread one file over workers
@@ -33,70 +31,11 @@ PIECE_CHARS = 1 << 18  # big enough to amortise inter-process traffic, small eno
 Progress = Callable[[int], None]  # called with the number of on-disk bytes just consumed
 
 
-@dataclass(frozen=True)
-class InputFile:
-    path: Path
-    kind: str  # "text" | "jsonl" | "parquet"
-    compression: str | None
-    size: int
-    row_groups: tuple[int, ...] | None = None  # parquet: only these row groups (a task's share); None = all
-
-
 @dataclass
 class Piece:
     text: str
     new_doc: bool
     side: str | None = None  # "train"/"val" when a single document is split by position
-
-
-def classify(path: Path, explicit: bool) -> tuple[str, str | None] | None:
-    """(kind, compression) from the file name; None for a file a folder walk should skip."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = suffixes[-1][1:] if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES else None
-    if compression:
-        inner = suffixes[-2] if len(suffixes) >= 2 else ""
-    else:
-        inner = suffixes[-1] if suffixes else ""
-    if inner in TEXT_SUFFIXES:
-        return "text", compression
-    if inner in JSONL_SUFFIXES:
-        return "jsonl", compression
-    if inner in PARQUET_SUFFIXES:
-        if compression:
-            raise ScalegptError(f"{path}: compressed parquet is not supported (parquet compresses internally)")
-        return "parquet", None
-    # A file named explicitly is read as text whatever its name; a folder walk only takes known kinds.
-    return ("text", compression) if explicit else None
-
-
-def discover(inputs: list[str | os.PathLike], exclude: Path | None = None) -> list[InputFile]:
-    """Expand files and folders (recursively, sorted, hidden files skipped) into the ordered list of input files.
-    A folder walk skips `exclude` (the output directory, when it lies inside an input folder)."""
-    exclude = exclude.resolve() if exclude is not None else None
-    if not inputs:
-        raise ScalegptError("no inputs: give --input FILE_OR_DIR..., --hf-dataset NAME or --recipe NAME")
-    files: list[InputFile] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = []
-            for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p)
-                if exclude is not None and (f.resolve() == exclude or exclude in f.resolve().parents):
-                    continue
-                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    c = classify(f, explicit=False)
-                    if c:
-                        found.append(InputFile(f, c[0], c[1], f.stat().st_size))
-            if not found:
-                raise ScalegptError(f"{p}: folder contains no input files; expected {KNOWN}")
-            files.extend(found)
-        elif p.is_file():
-            kind, comp = classify(p, explicit=True)
-            files.append(InputFile(p, kind, comp, p.stat().st_size))
-        else:  # the true cause from stat: missing, a symlink loop, a denied folder, a FIFO or a device
-            raise ScalegptError(f"{p}: {path_problem(p) or 'not a regular file'}")
-    return files
 
 
 class _Counting(io.RawIOBase):
@@ -159,6 +98,24 @@ def _decoder(encoding: str, errors: str):
         raise ScalegptError(f"--encoding: unknown text encoding '{encoding}'") from None
 
 
+BINARY_SNIFF = 8192  # a NUL byte in a text file's first bytes: it is binary (a .npy shard, an image, a model)
+
+
+def binary_error(inp: InputFile, offset: int) -> ScalegptError:
+    where = "uncompressed byte offset" if inp.compression else "byte offset"
+    return ScalegptError(f"{inp.path}: looks binary (a NUL byte at {where} {offset}), expected text; leave it out "
+                         f"of --input (the readers take {KNOWN})")
+
+
+def check_unchanged(inp: InputFile) -> None:
+    """Refuse a file whose size or modification time changed since it was listed: its tokens would mix two
+    versions (or be cut short by a writer still at work)."""
+    st = stat_input(inp.path)
+    if st.st_size != inp.size or (inp.mtime_ns is not None and st.st_mtime_ns != inp.mtime_ns):
+        raise ScalegptError(f"{inp.path}: changed while it was read (size {inp.size:,} -> {st.st_size:,} bytes"
+                            f"{'' if st.st_size != inp.size else ', modified'}); run again once it is complete")
+
+
 def decode_error(inp: InputFile, encoding: str, offset: int, e: UnicodeDecodeError) -> ScalegptError:
     what = "uncompressed byte offset" if inp.compression else "byte offset"
     bad = e.object[e.start:e.start + 1].hex()
@@ -172,7 +129,10 @@ def iter_text_chars(inp: InputFile, encoding: str, errors: str, progress: Progre
     """Decoded blocks of a text file, verbatim (no newline translation); decode errors name the byte offset."""
     dec = _decoder(encoding, errors)
     consumed = 0
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # NUL bytes are text there
     for block in _read_blocks(inp, progress):
+        if consumed == 0 and not wide and b"\0" in block[:BINARY_SNIFF]:
+            raise binary_error(inp, block.index(b"\0"))
         pending = len(dec.getstate()[0])
         try:
             text = dec.decode(block)
@@ -359,14 +319,23 @@ class Source:
             return [list(self.hf)]
         return [[str(f.path.resolve()), f.size, f.path.stat().st_mtime_ns] for f in self.files]
 
-    def pieces(self, cut_at: int | None = None, progress: Progress | None = None) -> Iterator[Piece]:
+    def pieces(self, cut_at: int | None = None, progress: Progress | None = None,
+               val_fraction: float | None = None) -> Iterator[Piece]:
+        """The documents in order. With `val_fraction`, a text file too large to go to one split whole (larger than
+        the validation share of all the bytes: alone it would overfill val) is split by position like a single
+        document: its last val_fraction of characters marked `val`, the rest `train`."""
         if self.hf:
             for text in hf_records(*self.hf, self.text_field):
                 yield Piece(text, True)
             return
+        large = val_fraction * (self.total_bytes or 0) if val_fraction else None
         for inp in self.files:
+            check_unchanged(inp)
             if inp.kind == "text":
-                yield from text_pieces(inp, self.encoding, self.errors, cut_at=cut_at, progress=progress)
+                cut = cut_at
+                if large is not None and inp.size > large:
+                    cut = int(self.file_chars(inp) * (1 - val_fraction))
+                yield from text_pieces(inp, self.encoding, self.errors, cut_at=cut, progress=progress)
             elif inp.kind == "jsonl":
                 for text in jsonl_records(inp, self.text_field, self.encoding, self.errors, progress):
                     if text:
@@ -375,24 +344,31 @@ class Source:
                 for text in parquet_records(inp, self.text_field, progress):
                     if text:
                         yield Piece(text, True)
+            check_unchanged(inp)
 
     def char_count(self) -> int:
-        """Characters in the inputs. For an uncompressed file in UTF-8 or a one-byte encoding, counted from the bytes
-        without decoding (a 10 GB file costs seconds, not a decode pass); invalid bytes fail later, in the real pass."""
-        if len(self.files) == 1 and not self.files[0].compression and self.errors == "strict":
+        """Characters in the inputs (of the one file of a single-document source: file_chars)."""
+        if len(self.files) == 1:
+            return self.file_chars(self.files[0])
+        return sum(len(p.text) for p in self.pieces())
+
+    def file_chars(self, inp: InputFile) -> int:
+        """Characters in one text file. Uncompressed in UTF-8 or a one-byte encoding: counted from the bytes without
+        decoding (a 10 GB file costs seconds, not a decode pass); invalid bytes fail later, in the real pass."""
+        if not inp.compression and self.errors == "strict":
             name = codecs.lookup(self.encoding).name
             if name == "utf-8":
                 import numpy as np
 
                 n = 0
-                with open(self.files[0].path, "rb") as f:
+                with open(inp.path, "rb") as f:
                     while block := f.read(1 << 24):
                         b = np.frombuffer(block, dtype=np.uint8)
                         n += len(b) - int(np.count_nonzero((b & 0xC0) == 0x80))  # continuation bytes start no char
                 return n
             if len(bytes(range(256)).decode(self.encoding, "replace")) == 256 and not name.startswith("utf"):
-                return self.files[0].size  # one byte, one character
-        return sum(len(p.text) for p in self.pieces())
+                return inp.size  # one byte, one character
+        return sum(len(t) for t in iter_text_chars(inp, self.encoding, self.errors))
 
     def char_stats(self) -> tuple[set[str], int]:
         """A first streaming pass: the set of characters (for the char vocabulary) and the number of characters."""

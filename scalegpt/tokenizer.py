@@ -240,34 +240,38 @@ class SentencePieceTokenizer(Tokenizer):
 
 def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, out_prefix: str | os.PathLike,
                         model_type: str = "bpe", character_coverage: float = 0.9995,
-                        max_sentences: int = 2_000_000) -> Path:
-    """Train a SentencePiece model on text files or folders (recursively, *.txt etc.); returns the `.model` path.
+                        max_sentences: int = 2_000_000, text_field: str = "text",
+                        skipped: list | None = None) -> Path:
+    """Train a SentencePiece model on files or folders; returns the `.model` path.
 
-    Lines are streamed to the trainer, which samples at most `max_sentences` of them, so the corpus is never
-    held in memory. The model gets an EOS id used as the end-of-text separator."""
+    The inputs are read exactly as `scalegpt prepare` reads them (scalegpt.sources: the same file kinds, .gz/.zst/.bz2
+    decompression, the `text_field` of JSON lines and parquet, binary files refused); folder entries of no known kind
+    are appended to `skipped`. Lines are streamed to the trainer, which samples at most `max_sentences` of them, so
+    the corpus is never held in memory. The model gets an EOS id used as the end-of-text separator."""
     import sentencepiece as spm
+
+    from scalegpt.sources import Source, discover
 
     if model_type not in ("bpe", "unigram"):
         raise ScalegptError(f"--model-type must be 'bpe' or 'unigram', got '{model_type}'")
     if vocab_size < 1:
         raise ScalegptError(f"--vocab-size must be >= 1, got {vocab_size}")
-    files = list(_text_files(inputs))
-    if not files:
-        raise ScalegptError(f"no text files found in {[str(i) for i in inputs]}")
     out_prefix = Path(out_prefix)
+    source = Source(discover(list(inputs), skipped=skipped), text_field=text_field)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
 
     found_text = False  # for a clear message when every file is empty
+    failure: list[BaseException] = []  # an input error raised inside the trainer's callback, re-raised after it
 
     def lines():
         nonlocal found_text
-        for f in files:
-            with open(f, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    line = line.rstrip("\n")
-                    if line.strip():
-                        found_text = True
-                        yield line
+        try:
+            for text in _document_lines(source.pieces()):
+                if text.strip():
+                    found_text = True
+                    yield text
+        except ScalegptError as e:
+            failure.append(e)
 
     try:
         spm.SentencePieceTrainer.train(
@@ -279,21 +283,30 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], vocab_size: int, ou
             normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         )
     except RuntimeError as e:
+        if failure:
+            raise failure[0] from None
         if not found_text:
-            raise ScalegptError(f"no text found in {[str(f) for f in files]}") from None
+            raise ScalegptError(f"no text found in {[str(f.path) for f in source.files]}") from None
         raise ScalegptError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
+    if failure:  # the trainer stopped at the end of the lines it got: the model it wrote saw part of the input
+        for suffix in (".model", ".vocab"):
+            out_prefix.with_suffix(suffix).unlink(missing_ok=True)
+        raise failure[0]
     return out_prefix.with_suffix(".model")
 
 
-def _text_files(inputs: Iterable[str | os.PathLike]) -> Iterable[Path]:
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        elif p.is_file():
-            yield p
-        else:  # the true cause from stat: missing, a symlink loop, a denied folder, a FIFO or a device
-            raise ScalegptError(f"{p}: {path_problem(p) or 'not a regular file'}")
+def _document_lines(pieces) -> Iterable[str]:
+    """The lines of a stream of pieces (a line cut between two pieces of one document is joined again)."""
+    pending = ""
+    for piece in pieces:
+        if piece.new_doc and pending:
+            yield pending
+            pending = ""
+        parts = (pending + piece.text).split("\n")
+        pending = parts.pop()
+        yield from parts
+    if pending:
+        yield pending
 
 
 # -------------------------------------------------------------------------------------------------------- look-ups

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,25 +23,18 @@ import torch
 from scalegpt import config as cfg_mod
 from scalegpt._fs import write_text_atomically
 from scalegpt.checkpoint import recorded_precision, rng_state, set_rng_state
-from scalegpt.checkpoint.train_state import prepare_run_dir
+from scalegpt.checkpoint.train_state import load_state, prepare_run_dir
 from scalegpt.config import Config
 from scalegpt.errors import ScalegptError
+from scalegpt import budget as budget_mod
 from scalegpt.metrics import Progress, RunLog, peak_flops
 from scalegpt.model import GPT
 from scalegpt.optim import build_optimizers, lr_at
 from scalegpt.resources import check_training_memory
-from scalegpt.signals import StopSignals, exit_code as signal_exit_code
-from scalegpt.runtime import autocast_context, keep_freed_memory, pick_device, pick_precision, seed_everything
+from scalegpt.signals import StopSignals, TrainResult, run_exit_code as exit_code  # noqa: F401 (exit_code: CLI)
+from scalegpt.runtime import (autocast_context, keep_freed_memory, pick_device, pick_precision, pick_threads,
+                              seed_everything)
 from scalegpt.strategy import Strategy, make_strategy
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int  # updates done when fit() returned
-    checkpoint: Path | None  # the latest checkpoint written (None when none was)
-    val_loss: float | None  # the latest validation loss
-    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early
-
 
 class Trainer:
     """Builds data, model, optimizer and logs from a Config, then `fit()` trains.
@@ -72,6 +63,12 @@ class Trainer:
         c = self.config
         device, device_reason = pick_device(c.train.device, self.strategy.local_rank)
         self.device = self.strategy.setup(device)
+        self.threads = None
+        if self.device.type == "cpu":  # before the precision probe, which runs at this count
+            recorded = load_state(resume_from).get("threads") if resume_from else None
+            self.threads, why = pick_threads(c.train.threads, c.train.micro_batch_size * cfg_mod.seq_len(c),
+                                             c.model.n_embd, recorded)
+            self.say(f"threads: {self.threads} ({why})")
         # Rank 0 chooses for all: on a CPU, auto rests on a timing that could land either side of the line per rank.
         picked = self._pick_precision(resume_from) if self.strategy.is_main else None
         self.precision, precision_reason = self.strategy.broadcast_object(picked)
@@ -88,7 +85,7 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self.step, self.tokens_seen, self.val_loss, self.last_checkpoint, self.samples = 0, 0, None, None, []
-        self.budget_max_steps = None  # max_steps as a time budget fixed it (recorded in checkpoints)
+        self.budget_max_steps = self.max_steps = None  # as a time budget fixed it; as planned (both in checkpoints)
         # A checkpoint (step, state, config) waiting for a finite loss on its weights; the checkpoint resumed from.
         self.pending_checkpoint, self.pending_suspect, self.unverified_resume = None, False, None
         if resume_from is not None:
@@ -102,6 +99,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomically(self.run_dir / "config.toml", cfg_mod.to_toml(c))  # a full disk keeps the old one
             self.run_log = RunLog(self.run_dir, c.log.tensorboard, resume_step=self.step if self.resumed else -1)
+            self.run_log.record(self.step, "runtime", device=str(self.device), precision=self.precision,
+                                precision_reason=precision_reason, threads=self.threads,
+                                data_dir=str(c.data.dir) or ",".join(f"{m.dir}:{m.weight:g}" for m in c.data.mix),
+                                data_tokens=sum(s.train.num_tokens for s in self.data.sources),
+                                tokenizer=self.tokenizer_spec.get("kind"))
         self.peak_flops, peak_source = peak_flops(self.device, self.precision, c.train.tf32)
         self.flops_per_step = self.raw_model.flops_per_token(self.seq_len) * self.tokens_per_step
         self.say(f"MFU baseline: {self.peak_flops / 1e12:.2f} TFLOP/s ({peak_source})")
@@ -184,33 +186,34 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ state
 
     def _plan_steps(self) -> None:
-        """self.max_steps: train.max_steps, or with a time budget the number it fixed (from the checkpoint), or
-        None until self.budget measures it."""
-        c = self.config
-        self.budget = None
-        self.max_steps = c.train.max_steps
-        if not c.train.time_budget:
-            return
-        if self.budget_max_steps is not None:
-            self.max_steps = self.budget_max_steps
-            self.say(f"time budget {c.train.time_budget}: max_steps = {self.max_steps} (fixed when the run measured "
-                     "its speed; read from the checkpoint)")
-            return
-        from scalegpt.budget import TimeBudget
+        """self.max_steps (None while a time budget measures it: self.budget) and the schedule it gets."""
+        from scalegpt.budget import plan_steps
 
-        s = c.schedule
-        self.budget = TimeBudget(c.train.time_budget, self.step, s.kind, s.warmup_steps, s.decay_steps,
-                                 c.eval.interval)
-        self.max_steps = None
-        self.say(f"time budget {c.train.time_budget}: max_steps will be fixed from the speed of updates "
-                 f"{self.budget.first}-{self.budget.last} (train.max_steps is ignored)")
+        planned = self.max_steps if self.resumed else None  # what the checkpoint was trained towards
+        self.max_steps, self.budget, lines = plan_steps(self.config, self.step, self.budget_max_steps)
+        self._fit_schedule()
+        for line in lines:
+            self.say(line)
+        if planned and self.max_steps and self.max_steps > planned > self.step - 1:
+            self.say(f"resumed run planned for {planned} steps now goes to {self.max_steps}: the schedule is "
+                     f"stretched to it (lr at step {self.step}: {self.lr(self.step):.3g})")
+
+    def _fit_schedule(self) -> None:
+        s = self.config.schedule
+        self.warmup_steps, self.decay_steps, note = s.warmup_steps, s.decay_steps, None
+        if self.config.train.time_budget and self.max_steps:
+            from scalegpt.budget import fit_schedule
+
+            self.warmup_steps, self.decay_steps, note = fit_schedule(self.max_steps, s.warmup_steps, s.decay_steps)
+        if note:
+            self.say(note)
 
     def lr(self, step_index: int, peak: float | None = None) -> float:
         """Learning rate of the update made after `step_index` updates, for the peak `peak` (default optim.lr).
         Before a time budget has fixed max_steps, only steps whose lr does not depend on it are asked for."""
         s, c = self.config.schedule, self.config
-        decay_steps = s.decay_steps or self.max_steps or 0
-        return lr_at(step_index, s.kind, c.optim.lr if peak is None else peak, s.min_lr_ratio, s.warmup_steps,
+        decay_steps = self.decay_steps or self.max_steps or 0
+        return lr_at(step_index, s.kind, c.optim.lr if peak is None else peak, s.min_lr_ratio, self.warmup_steps,
                      decay_steps, s.wsd_decay_fraction)
 
     def state_dict(self) -> dict:
@@ -219,7 +222,8 @@ class Trainer:
             "step": self.step, "tokens_seen": self.tokens_seen,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "loader": self.loader.state_dict(), "guard": self.guard.state_dict(), "rng": rng_state(),
-            "val_loss": self.val_loss, "budget_max_steps": self.budget_max_steps,
+            "val_loss": self.val_loss, "budget_max_steps": self.budget_max_steps, "max_steps": self.max_steps,
+            "threads": self.threads,
         }
 
     def checkpoint_config_toml(self) -> str:
@@ -249,7 +253,7 @@ class Trainer:
             set_rng_state(state["rng"])
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
             self.val_loss = state.get("val_loss")
-            self.budget_max_steps = state.get("budget_max_steps")
+            self.budget_max_steps, self.max_steps = state.get("budget_max_steps"), state.get("max_steps")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ScalegptError(f"{directory}: training state does not fit this run ({str(e).splitlines()[0]})") from None
         self.unverified_resume = directory  # the guard names it once a forward pass on it gives a finite loss
@@ -355,9 +359,10 @@ class Trainer:
         self.progress = progress = Progress(self, self.max_steps)
         try:
             if self.max_steps is not None and self.step >= self.max_steps:
-                self.say(f"already at step {self.step} of {self.max_steps}: nothing to train")
+                self.say(f"already at step {self.step} of {self.max_steps}: nothing to train; to train further, "
+                         f"resume with --train.max_steps N (N > {self.step})")
             if self.budget is not None:
-                self.budget.start(time.perf_counter())
+                self.budget.start(budget_mod.clock())
             if not self.resumed and c.eval.at_start and self.step == 0:
                 with self._paused(evaluation=True):
                     self.evaluate()
@@ -399,23 +404,24 @@ class Trainer:
         budget = self.budget
         if budget.needs_sync(self.step):
             loss.item()  # waits for the step's device work: the clock then measures computing, not launching
-        decided = budget.after_step(self.step, time.perf_counter())
+        decided = budget.after_step(self.step, budget_mod.clock())
         if decided is None:
             return
         self.max_steps = self.budget_max_steps = int(self.strategy.broadcast_object(decided))  # rank 0's clock
         self.budget = None
         self.progress.set_max_steps(self.max_steps)
         self.say(budget.describe(self.max_steps))
+        self._fit_schedule()
 
     @contextlib.contextmanager
     def _paused(self, evaluation: bool = False):
         """Flush pending train losses first (log order) and keep evaluation time out of the throughput figures."""
         self.progress.flush()
-        start = time.perf_counter()
+        start = budget_mod.clock()
         yield
-        self.progress.exclude(time.perf_counter() - start)
+        self.progress.exclude(budget_mod.clock() - start)
         if self.budget is not None:
-            self.budget.pause(time.perf_counter() - start, evaluation)
+            self.budget.pause(budget_mod.clock() - start, evaluation)
 
     def evaluate(self) -> None:
         """Validation loss on the fixed token budget, HellaSwag when configured, samples; logged at self.step.
@@ -468,9 +474,4 @@ class Trainer:
             self.say(f"step {step}: sample {i}: {c.eval.prompt + text!r}")
         if self.run_log is not None:
             self.run_log.record(step, "sample", prompt=c.eval.prompt, samples=texts)
-
-
-def exit_code(result: TrainResult) -> int:
-    """0 when training finished; 128 + the signal number when a signal stopped it (as a killed process would)."""
-    return signal_exit_code(result.stopped_by)
 

@@ -16,6 +16,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Runs compared bit for bit (resume tests) must compute with one thread count: pin torch's default instead of the
+# trainer measuring one per run (tests/test_runtime.py tests the measuring with this unset).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 TESTS_DIR = Path(__file__).resolve().parent
 # Small real fixtures shipped with the repository (tests/data/README.md): always present.
 DATA_DIR = TESTS_DIR / "data"
@@ -85,3 +89,21 @@ def run_cli(capsys):
         return rc, out, err
 
     return run
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The trainer's clock (scalegpt.budget.clock) advancing `fake_clock.tick` seconds per reading (default 0.05):
+    a time budget then fixes the same max_steps on a loaded machine as on a quiet one."""
+    import types
+
+    from scalegpt import budget
+
+    state = types.SimpleNamespace(now=1000.0, tick=0.05)
+
+    def clock() -> float:
+        state.now += state.tick
+        return state.now
+
+    monkeypatch.setattr(budget, "clock", clock)
+    return state

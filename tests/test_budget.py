@@ -73,3 +73,36 @@ def test_timed_steps_stay_inside_the_warmup_when_the_decay_follows_max_steps():
     for kind in ("cosine", "wsd"):
         with pytest.raises(ScalegptError, match="raise schedule.warmup_steps, set schedule.decay_steps"):
             TimeBudget("1m", 0, kind, warmup_steps=SKIP_STEPS, decay_steps=0)
+
+
+# ------------------------------------------------------------------------------------- the schedule a budget gets
+
+
+def test_a_warmup_longer_than_a_fifth_of_the_budget_steps_is_fitted_to_them():
+    from scalegpt.budget import fit_schedule
+
+    assert fit_schedule(1500, 100, 0) == (100, 0, None)  # the preset on a machine as fast as it expects
+    warmup, decay, note = fit_schedule(200, 100, 0)
+    assert (warmup, decay) == (40, 0) and note == "schedule fitted to the 200 steps: warmup 100 -> 40 steps"
+    warmup, decay, note = fit_schedule(43, 100, 500)  # the quickstart on a loaded 2-core CPU
+    assert (warmup, decay) == (8, 43)
+    assert note.startswith("schedule fitted to the 43 steps: warmup 100 -> 8 steps, decay 500 -> 43 steps. WARNING: "
+                           "43 steps is far fewer than this config expects (its warmup alone is 100)")
+    assert fit_schedule(3, 100, 0)[0] == 1
+
+
+def test_a_fixed_step_count_shorter_than_its_warmup_is_kept_with_a_warning():
+    from scalegpt.budget import schedule_note
+
+    assert schedule_note(500, 100, 0) is None
+    assert schedule_note(10, 100, 0).startswith("WARNING: schedule.warmup_steps (100) >= train.max_steps (10)")
+    assert "ends before the learning rate has decayed" in schedule_note(100, 10, 200)
+
+
+def test_quickstart_with_too_few_steps_says_so(tmp_path, run_cli, data_dir):
+    rc, out, err = run_cli("quickstart", "--input", data_dir / "tinyshakespeare.txt", "--max-steps", "3",
+                           "--out", tmp_path / "run", "--data-dir", tmp_path / "data", "--sample-tokens", "8",
+                           "--set", "eval.interval=0", "--set", "eval.at_start=false", "--set", "model.n_layer=1",
+                           "--set", "model.n_embd=32", "--set", "eval.samples=0")
+    assert rc == 0, err
+    assert "WARNING: schedule.warmup_steps (100) >= train.max_steps (3): the learning rate never reaches optim.lr" in out

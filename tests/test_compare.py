@@ -154,3 +154,33 @@ def test_train_seeds_then_compare_end_to_end(run_cli, tmp_path, shakespeare_text
     monkeypatch.delenv("LOCAL_RANK")
     rc, _, err = run_cli("train", *args, "--seeds", "1,x", "--out", tmp_path / "runs2")
     assert rc == 2 and "--seeds expects" in err
+
+
+def test_compare_notes_runs_that_differ_in_steps_precision_or_dataset(run_cli, tmp_path):
+    """Two seeds of one command can land on different step counts (a time budget) or precisions (the probe):
+    compare says so beside the table instead of testing them as like for like."""
+    write_run(tmp_path / "a", 1.7, steps=100)
+    write_run(tmp_path / "b", 1.8, steps=150)
+    for run, precision in (("a", "bf16"), ("b", "fp32")):
+        with open(tmp_path / run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 0, "kind": "runtime", "precision": precision, "threads": 1,
+                                "data_dir": "data/mine", "data_tokens": 1000}) + "\n")
+    rc, out, err = run_cli("compare", tmp_path / "a", tmp_path / "b")
+    assert rc == 0, err
+    assert f"note: the runs differ in steps ({tmp_path / 'a'}: 100, {tmp_path / 'b'}: 150)" in out
+    assert f"note: the runs differ in precision ({tmp_path / 'a'}: bf16, {tmp_path / 'b'}: fp32)" in out
+    assert "differ in dataset" not in out
+    rc, out, _ = run_cli("compare", tmp_path / "a", tmp_path / "a", "--json")
+    assert json.loads(out)["conditions"] == []
+
+
+def test_a_trained_run_records_how_it_computed(tmp_path, run_cli, shakespeare_text):
+    from test_train import cli_args
+
+    data = prepare_chars(shakespeare_text[:20_000], tmp_path / "data")
+    rc, _, err = run_cli("train", *cli_args(data, tmp_path / "run", train__max_steps=2))
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    runtime = [r for r in rows if r["kind"] == "runtime"]
+    assert len(runtime) == 1 and runtime[0]["precision"] in ("fp32", "bf16")
+    assert runtime[0]["threads"] >= 1 and runtime[0]["data_dir"] == str(data)

@@ -248,3 +248,18 @@ def test_sections_check_themselves_wherever_they_come_from():
         GPTConfig.from_dict({"n_layer": "2"}, where="run/config.json")
     assert OptimSection(lr=1).lr == 1.0 and isinstance(OptimSection(lr=1).lr, float)  # an int is a fine float
     assert load_config(None, [("dist.strategy", "FSDP")]).dist.strategy == "fsdp"  # choices: any letter case
+
+
+def test_a_command_line_step_count_beats_a_preset_time_budget():
+    """README: `--train.max_steps 500` on the quickstart preset (time_budget = "2m") trains 500 steps, and says it
+    dropped the budget; a budget typed on the command line beside it runs (as it says when it starts)."""
+    from scalegpt.cli.quickstart_cmd import QUICKSTART_CONFIG
+
+    notes: list[str] = []
+    config = load_config(QUICKSTART_CONFIG, [("train.max_steps", "500")], notes)
+    assert config.train.max_steps == 500 and config.train.time_budget == ""
+    assert notes == [f"--train.max_steps 500 given: train.time_budget = '2m' from {QUICKSTART_CONFIG} is dropped"]
+    notes = []
+    config = load_config(QUICKSTART_CONFIG, [("train.max_steps", "500"), ("train.time_budget", "1m")], notes)
+    assert config.train.time_budget == "1m" and notes == []
+    assert load_config(QUICKSTART_CONFIG, [("train.time_budget", "1m")]).train.time_budget == "1m"

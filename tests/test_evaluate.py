@@ -165,6 +165,8 @@ def test_cli_eval_loss_matches_the_function(run_cli, tmp_path, char_dataset):
     expected = evaluate_loss(model, eval_batches(ds, batch_size=3, seq_len=64, max_tokens=1000))
     assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert "perplexity" in err and f"{result['loss']:.4f}" in err
+    # before any work: how much there is (a whole large split is minutes of CPU), and the thread count used
+    assert "eval loss: 960 tokens in 4 batches of 4 x 64 (~" in err and "threads: " in err
     # An untrained model is close to uniform over the vocabulary.
     assert abs(result["loss"] - math.log(ds.tokenizer_spec["vocab_size"])) < 0.5
 

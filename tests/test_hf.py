@@ -270,3 +270,48 @@ def test_names_and_paths_that_do_not_exist(tiny_model, tmp_path):
     # Offline (the tests switch the hub off), a hub name fails fast with a way forward.
     with pytest.raises(ScalegptError, match="cannot download 'gpt2-xl'.*pass a local directory"):
         load_pretrained("gpt2-xl")
+
+
+def test_char_export_has_a_tokenizer_transformers_loads(tmp_path, shakespeare_text, run_cli):
+    """Before: AutoTokenizer loaded an empty GPT-2 tokenizer for a char model (every text -> no ids)."""
+    tok = get_tokenizer("char", text=shakespeare_text)
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    save_model_dir(model, tmp_path / "ckpt", tok.spec())
+    rc, out, err = run_cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf")
+    assert rc == 0, err
+    assert "tokenizer: a char tokenizer that transformers.AutoTokenizer loads" in out
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = shakespeare_text[:2000]
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+    assert hf_tok.decode(tok.encode(text)) == text and hf_tok.eos_token_id == tok.eot_id
+
+
+def test_sentencepiece_export_says_it_has_no_transformers_tokenizer(tmp_path, run_cli, shakespeare_text):
+    (tmp_path / "c.txt").write_text(shakespeare_text[:100_000])
+    assert run_cli("tokenizer", "train", "--input", tmp_path / "c.txt", "--vocab-size", "400",
+                   "--out", tmp_path / "sp")[0] == 0
+    tok = get_tokenizer(str(tmp_path / "sp.model"))
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))
+    save_model_dir(model, tmp_path / "ckpt", tok.spec())
+    rc, out, err = run_cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf")
+    assert rc == 0, err
+    assert "tokenizer: no transformers tokenizer for sentencepiece (AutoTokenizer refuses the directory)" in out
+    with pytest.raises(Exception):  # refused, instead of an empty GPT-2 tokenizer that encodes nothing
+        transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+
+
+def test_model_files_follow_the_umask_and_load_pretrained_takes_a_run_directory(tmp_path):
+    import os
+
+    model = GPT(GPTConfig(block_size=16, vocab_size=66, n_layer=1, n_head=2, n_embd=16))
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        save_model_dir(model, run / "checkpoints" / "step_000003", None)
+        export_hf(model, None, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    for path in (run / "checkpoints" / "step_000003" / "model.safetensors", tmp_path / "hf" / "model.safetensors"):
+        assert oct(path.stat().st_mode & 0o777) == "0o644", path  # safetensors alone writes 0600
+    back = load_pretrained(str(run))  # a run directory, as every CLI --checkpoint accepts: its latest checkpoint
+    assert torch.equal(back.state_dict()["transformer.wte.weight"], model.state_dict()["transformer.wte.weight"])

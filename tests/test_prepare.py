@@ -460,3 +460,86 @@ def test_sentencepiece_pieces_tokenize_exactly_like_the_whole_file(tmp_path, mon
         assert tokens(out, "val").tolist() == [2] + sp.encode(text[cut:])
         if options != {"model_type": "bpe"}:  # NFKC and squeezed whitespace are lossy by design
             assert documents(out) == [text[:cut]]
+
+
+# ------------------------------------------------------------------------ validation share and inputs not read (issue 25)
+
+
+def test_a_large_document_does_not_swallow_the_validation_split(tmp_path, capsys, shakespeare_text):
+    """A folder of small files and one file of most of the tokens: that file is split by position (its last tenth to
+    val), so the realised share stays near the asked one (before: the large file went to val whole, 92%)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"doc{i:02d}.txt").write_text(shakespeare_text[i * 2000:(i + 1) * 2000])
+    (folder / "doc15_large.txt").write_text(shakespeare_text[:600_000])
+    rc, out, err = run_cli(capsys, "--input", folder, "--out", tmp_path / "d", "--tokenizer", "char")
+    assert rc == 0, err
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert abs(meta["val_share"] - 0.1) < 0.02, meta["val_share"]
+    assert f"validation share: {100 * meta['val_share']:.1f}% of the tokens (asked 10.0%)\n" in out
+    val = "".join(documents(tmp_path / "d", "val"))
+    assert shakespeare_text[540_000:600_000] in val  # the large file's tail
+
+
+def test_folder_entries_not_read_are_named(tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / ".git").mkdir(parents=True)
+    (folder / "a.txt").write_text("some text to read\n")
+    (folder / "README").write_text("no extension: not read from a folder walk\n")
+    (folder / ".hidden.txt").write_text("hidden\n")
+    rc, out, err = run_cli(capsys, "--input", folder, "--out", tmp_path / "d", "--tokenizer", "char")
+    assert rc == 0, err
+    assert (f"prepare: skipped 3 folder entries that are hidden or not of a known kind (text (.txt/.text/.md), JSON "
+            f"lines (.jsonl/.json), .parquet, optionally compressed (.gz/.zst/.bz2)): {folder / '.git'}, "
+            f"{folder / '.hidden.txt'}, {folder / 'README'}; give a file by name to read it as text") in out
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["skipped_inputs"] == [
+        str(folder / ".git"), str(folder / ".hidden.txt"), str(folder / "README")]
+
+
+def test_an_unreadable_sub_folder_is_an_error_not_a_skip(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "in"
+    (folder / "locked").mkdir(parents=True)
+    (folder / "a.txt").write_text("text\n")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as chmod 000 would do for a user other than root
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rc, out, err = run_cli(capsys, "--input", folder, "--out", tmp_path / "d", "--tokenizer", "char")
+    assert rc == 2 and err.count("\n") == 1
+    assert f"{folder / 'locked'}: cannot read folder (Permission denied)" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "growing.txt"
+    src.write_text("first version of the text\n" * 100)
+    real = sources.iter_text_chars
+
+    def read_then_append(inp, *args, **kwargs):
+        yield from real(inp, *args, **kwargs)
+        with open(inp.path, "a") as f:  # a writer still at work
+            f.write("more\n")
+
+    monkeypatch.setattr(sources, "iter_text_chars", read_then_append)
+    rc, _, err = run_cli(capsys, "--input", src, "--out", tmp_path / "d", "--tokenizer", "gpt2")
+    assert rc == 2 and f"{src}: changed while it was read (size 2,600 -> 2,605 bytes)" in err, err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["prepare", "--quiet", "--tokenizer", "gpt2", "--out", "{tmp}/d"],
+    ["tokenizer", "train", "--vocab-size", "64", "--out", "{tmp}/tok/sp"],
+])
+def test_binary_input_is_refused_by_every_command(tmp_path, capsys, command):
+    shard = tmp_path / "train_000000.npy"
+    np.save(shard, np.arange(1000, dtype=np.uint16))
+    rc = main([c.replace("{tmp}", str(tmp_path)) for c in command] + ["--input", str(shard)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"{shard}: looks binary (a NUL byte at byte offset " in err and "expected text" in err
+    assert not (tmp_path / "tok" / "sp.model").exists()

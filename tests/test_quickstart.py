@@ -24,7 +24,7 @@ def test_quickstart_default_stdlib_end_to_end(tmp_path, run_cli):
     assert (run / "loss.png").is_file() and "3 train" in (run / "log.txt").read_text()
     # again: the run directory is never clobbered, and the prepared data is reused
     rc, _, err = run_cli(*args)
-    assert rc == 2 and "run directory exists" in err
+    assert rc == 2 and "a run is already there; pass --overwrite" in err
     rc, out, err = run_cli(*args, "--overwrite", "--max-steps", "1")
     assert rc == 0, err
     assert "data: reusing" in out
@@ -82,3 +82,27 @@ def test_quickstart_trains_for_a_time_budget(tmp_path, run_cli, data_dir):
 def test_quickstart_bad_input(tmp_path, run_cli, args, message):
     rc, _, err = run_cli("quickstart", *args, "--out", tmp_path / "run", "--data-dir", tmp_path / "data")
     assert rc == 2 and message in err, err
+
+
+def test_quickstart_again_names_what_quickstart_accepts(tmp_path, run_cli, data_dir):
+    """A second quickstart into the same run directory suggests --overwrite (quickstart has no --resume) and the
+    train command that continues the run; a dataset made with another tokenizer is refused, not reused."""
+    args = ["--input", data_dir / "tinyshakespeare.txt", "--data-dir", tmp_path / "data", "--max-steps", "1",
+            *FAST, "--set", "eval.interval=0", "--set", "model.n_layer=1", "--set", "model.n_embd=32"]
+    rc, _, err = run_cli("quickstart", *args, "--out", tmp_path / "run")
+    assert rc == 0, err
+    rc, _, err = run_cli("quickstart", *args, "--out", tmp_path / "run")
+    assert rc == 2 and err.count("\n") == 1
+    assert (f"--out {tmp_path / 'run'}: a run is already there; pass --overwrite to start it again, or --out DIR for "
+            f"a new one (to train it further: scalegpt train --out {tmp_path / 'run'} --resume --train.max_steps N)"
+            in err)
+    rc, _, err = run_cli("quickstart", *args, "--out", tmp_path / "other", "--tokenizer", "gpt2")
+    assert rc == 2 and f"{tmp_path / 'data'} holds tokens made with another tokenizer (char, asked gpt2)" in err
+    assert not (tmp_path / "other").exists()
+
+
+def test_train_without_a_config_says_what_the_default_model_costs(tmp_path, run_cli):
+    rc, out, err = run_cli("train", "--out", tmp_path / "run")
+    assert "no --config: training the default model (~85M non-embedding parameters in 12 layers" in out
+    assert "for a first run use --config quickstart" in out
+    assert rc == 2 and "data.dir is not set" in err

@@ -61,3 +61,83 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse():
     kept = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                                      check=True).stdout) for mode in ("keep", "default")}
     assert kept["default"] < 32 and kept["keep"] > 200, kept
+
+
+# ---------------------------------------------------------------------------------------------------- probe cache
+
+
+def test_the_precision_probe_takes_a_median_and_is_cached_per_machine(monkeypatch, tmp_path):
+    """One wild round (bf16 25.8x faster, or 1.6x slower) does not move the decision; the figure is kept in
+    ~/.cache/scalegpt keyed by CPU model, torch version and thread count, so the next run does not measure again."""
+    from scalegpt import metrics
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(runtime, "_PROBES", {})
+    # fp32 then bf16 FLOP/s per round: ratios 1/1.6, 25.8, 2.0, 2.1, 1.9, 2.2, 2.05 -> median 2.05
+    ratios = iter([1 / 1.6, 25.8, 2.0, 2.1, 1.9, 2.2, 2.05])
+    calls = []
+
+    def fake_peak(device, dtype, size, seconds):
+        calls.append(dtype)
+        return 1e9 if dtype == torch.float32 else 1e9 * next(ratios)
+
+    monkeypatch.setattr(metrics, "measure_matmul_peak", fake_peak)
+    precision, why = pick_precision("auto", torch.device("cpu"))
+    assert precision == "bf16" and "measured 2.0x faster than fp32 (median of 7 rounds, measured now)" in why
+    assert len(calls) == 14
+    cache = tmp_path / "scalegpt" / "cpu_probe.json"
+    import json
+
+    entry = json.loads(cache.read_text())[runtime.probe_key()]
+    assert entry["speedup"] == pytest.approx(2.05) and len(entry["ratios"]) == 7
+    monkeypatch.setattr(runtime, "_PROBES", {})  # a new process: read from the file, nothing measured
+    precision, why = pick_precision("auto", torch.device("cpu"))
+    assert precision == "bf16" and f"cached in {cache}" in why and len(calls) == 14
+
+
+# ---------------------------------------------------------------------------------------------------- threads
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_thread_count_is_measured_not_assumed(monkeypatch, restore_threads):
+    """On a busy 2-core CPU, 2 OpenMP threads measured ~4x slower than 1: the faster count is taken, and the
+    reason names the timings and the load."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(runtime, "measure_threads", lambda candidates, rows, width: {2: 40.0, 1: 9.5})
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (3.5, 3.0, 2.0))
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    n, why = runtime.pick_threads(0, rows=2048, width=128)
+    assert n == 1 and set_to == [1]
+    assert why.startswith("auto: measured 2: 40.0 ms, 1: 9.5 ms per probe; load average 3.5 on")
+    # a quiet machine: two threads win (fewer threads are taken only when 10% faster)
+    monkeypatch.setattr(runtime, "measure_threads", lambda candidates, rows, width: {2: 10.0, 1: 10.5})
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    n, why = runtime.pick_threads(0, rows=2048, width=128)
+    assert n == 2 and "the CPU is oversubscribed: if steps are slow, try --train.threads 1" in why
+
+
+def test_requested_environment_and_recorded_thread_counts_win(monkeypatch, restore_threads):
+    monkeypatch.setattr(runtime, "measure_threads", lambda *a: pytest.fail("measured although a count was given"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert runtime.pick_threads(2, rows=64, width=32)[0] == 2  # --train.threads beats the environment
+    n, why = runtime.pick_threads(0, rows=64, width=32, recorded=2)
+    assert n == 1 and why.startswith("set by OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    n, why = runtime.pick_threads(0, rows=64, width=32, recorded=1)
+    assert n == 1 and why.startswith("as the run started")
+
+
+def test_measure_threads_times_every_candidate_and_leaves_the_count(restore_threads):
+    before = torch.get_num_threads()
+    times = runtime.measure_threads([2, 1], rows=256, width=64)
+    assert sorted(times) == [1, 2] and all(t > 0 for t in times.values())
+    assert torch.get_num_threads() == before

@@ -180,3 +180,33 @@ def test_spec_mismatch_and_bad_specs(shakespeare_text):
 def test_unknown_tokenizer_name():
     with pytest.raises(ScalegptError, match="unknown tokenizer 'gpt3'; expected 'gpt2', 'char'"):
         get_tokenizer("gpt3")
+
+
+def test_tokenizer_train_reads_inputs_as_prepare_does(tmp_path, run_cli, shakespeare_text):
+    """Compressed JSON lines give the trainer their `text` field, decompressed (not gzip bytes, nor keys and
+    escapes); a folder entry of no known kind is named, not read; the text seen is the text prepare tokenizes."""
+    import gzip
+    import json
+
+    from scalegpt.sources import Source, discover
+    from scalegpt.tokenizer import _document_lines
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    lines = shakespeare_text[:120_000].split("\n\n")
+    with gzip.open(folder / "part.jsonl.gz", "wt", encoding="utf-8") as f:
+        for doc in lines:
+            f.write(json.dumps({"id": 7, "text": doc}) + "\n")
+    (folder / "notes").write_bytes(b"\x00\x01binary garbage")
+    rc, out, err = run_cli("tokenizer", "train", "--input", folder, "--vocab-size", "512", "--out", tmp_path / "sp")
+    assert rc == 0, err
+    assert f"tokenizer train: skipped 1 folder entry that are hidden or not of a known kind" in out
+    assert str(folder / "notes") in out
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert not any(p for p in pieces if '"' in p or "\\n" in p or "\ufffd" in p or "{" in p)
+    # the trainer's lines are the documents prepare reads, line by line
+    seen = list(_document_lines(Source(discover([folder])).pieces()))
+    assert seen == [line for doc in lines for line in doc.split("\n")]

@@ -142,9 +142,10 @@ def test_resume_with_muon_is_bit_identical(tmp_path, tiny_data, run_cli, options
     assert rc == 2 and "optim.name changed" in err, err
 
 
-def test_time_budget_run_resumes_bit_identically(tmp_path, tiny_data, run_cli):
+def test_time_budget_run_resumes_bit_identically(tmp_path, tiny_data, run_cli, fake_clock):
     """The budget fixes max_steps after update 10 (inside the warmup, so the cosine that follows max_steps never saw
-    an unknown number); a run resumed from step 10 reads it from the checkpoint and ends as the uninterrupted one."""
+    an unknown number); a run resumed from step 10 reads it from the checkpoint and ends as the uninterrupted one.
+    The clock is fake (0.05 s a reading, about one reading a step): the same max_steps however loaded the machine."""
     import re
     import shutil
 
@@ -156,7 +157,9 @@ def test_time_budget_run_resumes_bit_identically(tmp_path, tiny_data, run_cli):
     found = re.search(r"time budget 2s: measured [\d.]+ ms/step over 8 steps -> max_steps = (\d+)", out)
     assert found, out
     max_steps = int(found.group(1))
-    assert max_steps > 10, "a tiny model steps in well under 0.2 s"  # else nothing is left to resume
+    assert 20 < max_steps < 60  # 8 timed steps of 0.05 s each in a 2 s budget, the first steps and evaluation spent
+    # the warmup of 10 is more than a fifth of the steps: it is fitted to them, the same way in the resumed run
+    assert f"schedule fitted to the {max_steps} steps: warmup 10 -> {max_steps // 5} steps" in out
     steps = sorted(p.name for p in (full / "checkpoints").iterdir())
     assert steps[0] == "step_000010" and steps[-1] == f"step_{max_steps:06d}"
     state = torch.load(full / "checkpoints" / "step_000010" / "train_state.pt", weights_only=True)
@@ -173,3 +176,25 @@ def test_time_budget_run_resumes_bit_identically(tmp_path, tiny_data, run_cli):
     assert f"time budget 2s: max_steps = {max_steps} (fixed when the run measured its speed" in out
     assert "ms/step over" not in out  # no second measurement
     assert_same_run(full, resumed, last=f"step_{max_steps:06d}")
+
+
+def test_resume_goes_further_than_a_time_budget_fixed(tmp_path, tiny_data, run_cli, fake_clock):
+    """README: a run trained for a time budget, resumed with a larger --train.max_steps, trains up to it (the run's
+    own config.toml holds the budget: the step count typed on the command line wins over it)."""
+    import re
+
+    run = tmp_path / "run"
+    budget = {**RESUME, "train__time_budget": "2s", "schedule__warmup_steps": 10, "schedule__decay_steps": 0,
+              "checkpoint__interval": 0, "eval__interval": 0}
+    rc, out, err = run_cli("train", *cli_args(tiny_data, run, **budget))
+    assert rc == 0, err
+    fixed = int(re.search(r"-> max_steps = (\d+)", out).group(1))
+    rc, out, err = run_cli("train", "--out", run, "--resume")
+    assert rc == 0, err
+    assert f"already at step {fixed} of {fixed}: nothing to train; to train further, resume with " \
+           f"--train.max_steps N (N > {fixed})" in out
+    rc, out, err = run_cli("train", "--out", run, "--resume", "--train.max_steps", str(fixed + 5))
+    assert rc == 0, err
+    assert f"--train.max_steps {fixed + 5} given: train.time_budget = '2s' from {run / 'config.toml'} is dropped" in out
+    assert f"resumed run planned for {fixed} steps now goes to {fixed + 5}" in out
+    assert (run / "log.txt").read_text().splitlines()[-1].startswith(f"{fixed + 5} train")

@@ -33,15 +33,26 @@ def clean_state_dict(state: dict) -> dict:
     return out
 
 
-def write_model_files(model, directory: Path, tokenizer_spec: dict | None) -> None:
-    """Write model.safetensors and config.json into an existing directory (no atomicity here)."""
+def save_safetensors(state: dict, path: Path, metadata: dict) -> None:
+    """safetensors' save_file, with the file mode every other file gets (save_file creates it 0600, whatever the
+    umask: a model shared through a group-readable folder would be unreadable to the group)."""
+    import os
+
     from safetensors.torch import save_file
 
+    save_file(state, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_model_files(model, directory: Path, tokenizer_spec: dict | None) -> None:
+    """Write model.safetensors and config.json into an existing directory (no atomicity here)."""
     state = clean_state_dict(model.state_dict())
     if model.config.tie_embeddings:
         state.pop(TIED_KEY, None)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    save_file(state, str(Path(directory) / "model.safetensors"), metadata={"format": FORMAT})
+    save_safetensors(state, Path(directory) / "model.safetensors", {"format": FORMAT})
     config = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer_spec}
     (Path(directory) / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 

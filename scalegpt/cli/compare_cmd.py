@@ -41,7 +41,7 @@ def parse_groups(items: list[str]) -> dict[str, list[str]]:
 def run_compare(args) -> int:
     import json
 
-    from scalegpt.compare import format_groups, format_runs, group_stats, summarize_run, summary_json
+    from scalegpt.compare import condition_notes, format_groups, format_runs, group_stats, summarize_run, summary_json
     from scalegpt.errors import ScalegptError
 
     groups = parse_groups(args.group)
@@ -58,13 +58,16 @@ def run_compare(args) -> int:
         check_output(args.out, kind="image", inputs=[Path(r) / "metrics.jsonl" for r in order])
     summaries = {run: summarize_run(run) for run in order}
     stats = group_stats({n: [summaries[r] for r in runs] for n, runs in groups.items()}) if groups else None
+    notes = condition_notes(list(summaries.values()))
     if args.json:
-        print(json.dumps(summary_json(list(summaries.values()), group_of, stats), indent=1))
+        print(json.dumps({**summary_json(list(summaries.values()), group_of, stats), "conditions": notes}, indent=1))
     else:
         print(format_runs(list(summaries.values()), group_of))
         if stats is not None:
             print()
             print(format_groups(stats))
+        for note in notes:
+            print(f"note: {note}")
     if args.out:
         import sys
 

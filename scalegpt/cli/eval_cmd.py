@@ -101,6 +101,22 @@ def load_model(checkpoint: str | None, hf: str | None, device: str):
     return model, tokenizer, spec, where
 
 
+def _with_progress(batches, ds, args, seq_len: int, model):
+    """The batches behind a progress bar with an ETA on stderr, after one line saying how much work it is: a whole
+    large split is minutes of silence on a CPU otherwise."""
+    from tqdm import tqdm
+
+    windows = sum(ds.window_counts(seq_len))
+    if args.tokens is not None:
+        windows = min(windows, args.tokens // seq_len)
+    n_batches = -(-windows // args.batch_size)
+    gflop = model.flops_per_token(seq_len) / 3 * windows * seq_len / 1e9  # forward only: a third of training's
+    print(f"eval loss: {windows * seq_len:,} tokens in {n_batches:,} batches of {args.batch_size} x {seq_len} "
+          f"(~{gflop:,.0f} GFLOP forward; --tokens N evaluates the first N only)", file=sys.stderr)
+    return tqdm(batches, total=n_batches, unit="batch", desc="eval loss", file=sys.stderr, mininterval=2,
+                disable=n_batches < 2)
+
+
 def run_loss(args) -> int:
     from scalegpt.resources import check_forward
     from scalegpt.checkpoint import load_model_dir, resolve_checkpoint
@@ -126,6 +142,12 @@ def run_loss(args) -> int:
         raise ScalegptError(f"--seq-len {seq_len} exceeds the model's block_size {model.config.block_size}")
     check_forward(model.config, args.batch_size, seq_len, device, ("--batch-size", "--seq-len"), "eval loss")
     batches = eval_batches(ds, batch_size=args.batch_size, seq_len=seq_len, max_tokens=args.tokens, device=device)
+    if str(device).startswith("cpu"):  # two threads on a busy 2-core CPU ran ~4x slower than one (pick_threads)
+        from scalegpt.runtime import pick_threads
+
+        threads, why = pick_threads(0, args.batch_size * seq_len, model.config.n_embd)
+        print(f"threads: {threads} ({why})", file=sys.stderr)
+    batches = _with_progress(batches, ds, args, seq_len, model)
     result = evaluate_loss(model, batches, device=device, byte_lengths=token_byte_lengths(tokenizer_from_spec(spec)))
     print(f"checkpoint {where}, {args.split} split of {args.data}: {result['tokens']:,} tokens "
           f"({result['bytes']:,} bytes), loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "

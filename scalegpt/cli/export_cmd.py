@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def run_export(args) -> int:
     from scalegpt.checkpoint import load_model_dir, resolve_checkpoint
-    from scalegpt.hf import ARCHITECTURES, export_family, export_hf, load_pretrained_with_tokenizer
+    from scalegpt.hf import ARCHITECTURES, export_family, export_hf, hf_tokenizer_note, load_pretrained_with_tokenizer
 
     ckpt = resolve_checkpoint(args.checkpoint) if args.hf is None else args.hf
     model, spec = load_model_dir(ckpt) if args.hf is None else load_pretrained_with_tokenizer(args.hf)
@@ -44,9 +44,10 @@ def run_export(args) -> int:
     inputs = [ckpt] if args.hf else [args.checkpoint, ckpt]
     out = export_hf(model, spec, args.out, overwrite=args.overwrite, inputs=inputs)
     kind = spec.get("kind") if spec else "none"
-    extra = " + tokenizer files" if kind == "gpt2" else ""
+    extra = " + tokenizer files" if kind in ("gpt2", "char") else ""
     architecture = ARCHITECTURES[export_family(model.config)]
     print(f"exported {ckpt} ({model.num_params():,} parameters, tokenizer {kind}) to {out} as {architecture}{extra}")
+    print(f"  tokenizer: {hf_tokenizer_note(spec)}")
     return 0
 
 

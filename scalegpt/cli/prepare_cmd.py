@@ -137,6 +137,7 @@ def run(args) -> int:
           f"({s['val']['num_documents']:,} documents, {len(s['val']['shards'])} shards); "
           f"{meta['tokenizer']['kind']} vocab {meta['vocab_size']}, {meta['dtype']}; "
           f"{dt:.1f} s, {total / max(dt, 1e-9):,.0f} tokens/s")
+    print(val_share_line(meta))
     return 0
 
 
@@ -155,3 +156,15 @@ def _run_llmc(args) -> int:
           f"{s['train']['num_tokens']:,} tokens ({len(s['train']['shards'])} files), val {s['val']['num_tokens']:,} "
           f"tokens ({len(s['val']['shards'])} files); gpt2, uint16; {time.time() - t0:.1f} s")
     return 0
+
+
+def val_share_line(meta: dict) -> str:
+    """'validation share: 10.0% of the tokens (asked 10.0%)', with a warning when it is far from the asked one."""
+    share, asked = meta.get("val_share", 0.0), meta.get("val_fraction")
+    line = f"validation share: {100 * share:.1f}% of the tokens"
+    if asked is not None:
+        line += f" (asked {100 * asked:.1f}%)"
+        if abs(share - asked) > 0.03:
+            line += ("; WARNING: far from the asked share (too few documents to split finely?); "
+                     "choose --val-fraction or --val-tokens to fit")
+    return line

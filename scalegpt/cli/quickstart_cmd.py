@@ -99,11 +99,15 @@ def prepare_data(inputs: list[str], data_dir: Path, tokenizer: str, overwrite: b
         wanted = sorted((str(f.path.resolve()), f.size) for f in discover(inputs))
         have = sorted((str(Path(i["path"]).resolve()), i.get("bytes")) for i in meta.get("inputs", []))
         same_files = wanted == have
-        if same_files and (meta.get("tokenizer", {}).get("kind") == tokenizer or tokenizer not in ("char", "gpt2")):
+        made_with = meta.get("tokenizer", {}) if isinstance(meta.get("tokenizer"), dict) else {}
+        same_tokenizer = _same_tokenizer(made_with, tokenizer)
+        if same_files and same_tokenizer:
             print(f"data: reusing {data_dir} ({meta['splits']['train']['num_tokens']:,} training tokens)")
             return
         if not overwrite:
-            raise ScalegptError(f"{data_dir} holds tokens of other files; pass --overwrite or --data-dir DIR")
+            why = ("tokens of other files" if not same_files else
+                   f"tokens made with another tokenizer ({made_with.get('kind')}, asked {tokenizer})")
+            raise ScalegptError(f"{data_dir} holds {why}; pass --overwrite or --data-dir DIR")
     start = time.time()
     meta = prepare(inputs, out=str(data_dir), tokenizer=tokenizer, overwrite=overwrite, progress=False,
                    command=["scalegpt", "quickstart"])
@@ -111,6 +115,16 @@ def prepare_data(inputs: list[str], data_dir: Path, tokenizer: str, overwrite: b
     print(f"data: prepared {len(inputs)} input(s) into {data_dir} in {time.time() - start:.1f} s: "
           f"{s['train']['num_tokens']:,} training and {s['val']['num_tokens']:,} validation tokens, "
           f"{meta['tokenizer']['kind']} vocabulary of {meta['vocab_size']}")
+
+
+def _same_tokenizer(made_with: dict, asked: str) -> bool:
+    """Whether a dataset's tokenizer spec is the one `--tokenizer asked` builds (a char vocabulary follows the text:
+    the kind is enough; a SentencePiece model is compared by its bytes)."""
+    if asked == "char":
+        return made_with.get("kind") == "char"
+    from scalegpt.tokenizer import get_tokenizer
+
+    return made_with == get_tokenizer(asked).spec()
 
 
 def run_quickstart(args) -> int:
@@ -131,7 +145,14 @@ def run_quickstart(args) -> int:
     started = time.time()
     from scalegpt.outputs import check_output
 
-    check_output(args.out, kind="run", inputs=args.input or (), overwrite=args.overwrite)  # fail before any work
+    try:
+        check_output(args.out, kind="run", inputs=args.input or (), overwrite=args.overwrite)  # fail before any work
+    except ScalegptError as e:
+        if "--resume" not in str(e):
+            raise
+        raise ScalegptError(f"--out {args.out}: a run is already there; pass --overwrite to start it again, or "
+                            f"--out DIR for a new one (to train it further: scalegpt train --out {args.out} "
+                            "--resume --train.max_steps N)") from None
     inputs, name, prompt = choose_inputs(args)
     data_dir = Path(args.data_dir or Path("data") / f"quickstart-{name}")
     overrides = [("data.dir", str(data_dir)), ("eval.prompt", prompt)]
@@ -171,5 +192,8 @@ def run_quickstart(args) -> int:
     print(f"  plot:       {run / 'loss.png'}")
     prompt_arg = f" --prompt {shlex.quote(prompt)}" if prompt.strip() else ""
     print(f"  sample it:  scalegpt sample --checkpoint {run}{prompt_arg}")
+    if result.step < config.schedule.warmup_steps:
+        print(f"  WARNING:    only {result.step} steps (the preset's warmup alone is {config.schedule.warmup_steps}): "
+              "expect noise below; train longer (--time-budget 5m, or --max-steps 1500)")
     print("-" * 72 + f"\n{prompt}{sample}\n" + "=" * 72)
     return exit_code(result)

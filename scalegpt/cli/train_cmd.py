@@ -104,13 +104,27 @@ def run_train(args) -> int:
         config_path = run_dir / "config.toml"  # resuming with no --config: the run's own resolved config
     if args.seeds is not None:
         return _train_seeds(args, config_path, run_dir)
-    config = load_config(config_path, config_overrides(args))
+    notes: list[str] = []
+    config = load_config(config_path, config_overrides(args), notes)
+    for note in notes:
+        print(note)
+    if config_path is None and not args.resume:
+        print(cost_warning(config))
     trainer = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite)
     result = trainer.fit()
     if trainer.strategy.is_main:
         print_summary(result)
     trainer.strategy.teardown()
     return exit_code(result)
+
+
+def cost_warning(config) -> str:
+    """One line on what a config-less run (the default model, GPT-2 124M-sized) costs, before it starts."""
+    m = config.model
+    params = 12 * m.n_layer * m.n_embd ** 2 / 1e6
+    return (f"no --config: training the default model (~{params:.0f}M non-embedding parameters in {m.n_layer} layers, "
+            f"{config.train.global_batch_tokens:,} tokens per step, {config.train.max_steps:,} steps): days on a CPU; "
+            "for a first run use --config quickstart (minutes) or --config shakespeare-char")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -144,7 +158,9 @@ def _train_seeds(args, config_path, out: Path) -> int:
         if args.resume and config_path is None and (run_dir / "config.toml").is_file():
             config = load_config(run_dir / "config.toml", config_overrides(args))
         else:
-            config = load_config(config_path, config_overrides(args) + [("train.seed", str(seed))])
+            config = load_config(config_path, config_overrides(args) + [("train.seed", str(seed))], notes := [])
+            for note in notes:
+                print(note)
         print(f"=== seed {seed}: {run_dir}")
         trainer = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite)
         result = trainer.fit()

@@ -222,16 +222,39 @@ def parse_override_args(args: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def load_config(path=None, overrides: Mapping[str, object] | Iterable[tuple[str, object]] = ()) -> Config:
+# Keys that say the same thing two ways: one given on the command line beats the other from a file, which is then
+# dropped with a note (`--train.max_steps 500` on a preset with `time_budget = "2m"` trains 500 steps). Both on the
+# command line: the time budget runs and says that it ignores max_steps. (key, its rival, the rival's "off" value)
+RIVAL_KEYS = [("train.max_steps", "train.time_budget", "")]
+
+
+def load_config(path=None, overrides: Mapping[str, object] | Iterable[tuple[str, object]] = (),
+                notes: list[str] | None = None) -> Config:
     """The defaults, then the TOML file at `path` (if any; a bare preset name like "shakespeare-char" names one of
-    the configs shipped with scalegpt), then the overrides; validated."""
+    the configs shipped with scalegpt), then the overrides; validated. A note for each value an override displaced
+    (RIVAL_KEYS) is appended to `notes`."""
     config = Config()
     if path is not None:
         path = resolve_config_path(path)
         config = config_from_dict(load_toml(path), str(path), config)
+    overrides = list(overrides.items() if isinstance(overrides, Mapping) else overrides)
     config = apply_overrides(config, overrides)
+    _settle_rivals(config, {_current_key(k): v for k, v in overrides}, path, notes)
     validate(config)
     return config
+
+
+def _settle_rivals(config: Config, given: dict, path, notes: list[str] | None) -> None:
+    """An override beats its rival from the file or the defaults (RIVAL_KEYS)."""
+    for key, rival, off in RIVAL_KEYS:
+        if key not in given:
+            continue
+        if rival not in given and get(config, rival) != off:
+            note = (f"--{key} {given[key]} given: {rival} = {get(config, rival)!r} from {path or 'the defaults'} "
+                    f"is dropped")
+            _set(config, rival, off)
+            if notes is not None:
+                notes.append(note)
 
 
 def shipped_configs() -> dict[str, Path]:

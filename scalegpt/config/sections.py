@@ -261,6 +261,7 @@ class TrainSection:
     precision: str = "auto"  # autocast dtype (auto: bf16 where the hardware runs it fast, else fp32)
     compile: str = "auto"  # torch.compile the training model (auto = on for CUDA)
     tf32: bool = True  # allow TF32 matmuls on CUDA (faster fp32 on Ampere and newer)
+    threads: int = 0  # CPU threads for torch; 0 = auto (measured; OMP_NUM_THREADS wins when set)
 
     def __post_init__(self):
         check_section(self, "train")
