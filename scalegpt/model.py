@@ -89,6 +89,7 @@ class CausalSelfAttention(nn.Module):
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.split = (q_dim, kv_dim, kv_dim)
         self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)  # q, k, v in one matmul
+        self.c_attn.row_parts = self.split  # three matrices to Muon (scalegpt.muon.row_parts)
         self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
         self.q_norm = self.k_norm = None
@@ -134,6 +135,7 @@ class MLP(nn.Module):
         super().__init__()
         self.kind, hidden = config.mlp, config.mlp_width
         self.c_fc = nn.Linear(config.n_embd, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
+        self.c_fc.row_parts = (hidden,) * (2 if self.kind == "swiglu" else 1)  # [gate; up]: two matrices to Muon
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
         self.dropout = nn.Dropout(config.dropout)
