@@ -61,19 +61,24 @@ class Rotary(nn.Module):
     """Rotary position embedding (RoFormer): rotates each (i, i + head_dim/2) pair of q's and k's features by
     position * freq_i, so q.k depends only on the distance between positions. HF Llama's "rotate_half" layout.
 
-    The angles are recomputed each call (a few thousand sin/cos) rather than stored: no buffer to keep in sync
-    across meta-device builds, checkpoints and FSDP."""
+    The angles are computed once per forward pass (GPT.hidden_states hands them to every layer) rather than
+    stored: no buffer to keep in sync across meta-device builds, checkpoints and FSDP."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k (B, heads, T, head_dim) at positions start .. start+T-1."""
-        T, device = q.size(2), q.device
+    def cos_sin(self, start: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (T, head_dim/2, fp32) of the angles at positions start .. start+T-1."""
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
-        angles = torch.arange(start, start + T, device=device).float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
-        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        angles = torch.arange(start, start + T, device=device).float()[:, None] * inv_freq[None, :]
+        return angles.cos(), angles.sin()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, heads, T, head_dim) at positions start .. start+T-1 (cos_sin: self.cos_sin of them)."""
+        cos, sin = cos_sin if cos_sin is not None else self.cos_sin(start, q.size(2), q.device)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
 
         def rotate(x):
             x1, x2 = x.chunk(2, dim=-1)
@@ -104,7 +109,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                layer: int = 0) -> torch.Tensor:
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.split, dim=2)
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))  # (B, T, heads, head_dim)
@@ -115,7 +120,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, k, start)
+            q, k = self.rotary(q, k, start, rope)
         if cache is None:
             mask, causal = None, True
         else:
@@ -161,8 +166,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), ve, cache, layer)
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), ve, cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -255,11 +260,12 @@ class GPT(nn.Module):
         if c.embed_norm:
             x = tf.embed_norm(x)
         x = x0 = tf.drop(x)
+        rope = tf.h[0].attn.rotary.cos_sin(start, T, idx.device) if c.pos_emb == "rope" else None  # for all layers
         for i, block in enumerate(tf.h):
             if c.residual_scalars:
                 x = tf.resid_lambdas[i] * x + tf.x0_lambdas[i] * x0
             ve = tf.value_embeds[str(i)](idx) if has_value_embeds(c, i) else None
-            x = block(x, ve, cache, i)
+            x = block(x, ve, cache, i, rope)
         if cache is not None:
             cache.length += T
         return tf.ln_f(x)
