@@ -42,7 +42,7 @@ SHAPES = {
                   ("train.global_batch_tokens", "1024")],
 }
 
-# The worker: reads one JSON command a line, answers one JSON line. Runs with the code tree's scalegpt first on the path.
+# The worker: reads one JSON command a line, answers one JSON line; runs with its code tree's scalegpt on the path.
 WORKER = r'''
 import json, sys, time
 import torch
@@ -161,7 +161,8 @@ def main() -> int:
         print("| --- | --- | --- | --- | --- |")
         median = {v: statistics.median(t) * 1000 for v, t in times.items()}
         for tree_name, name in variants:
-            first = next(median[v] for v in variants if v[0] == tree_name and v[1].split(" (")[1] == name.split(" (")[1])
+            precision = name.split(" (")[1]
+            first = next(median[v] for v in variants if v[0] == tree_name and v[1].split(" (")[1] == precision)
             other = median.get(("against1", name))
             vs = f"{median[(tree_name, name)] / other:.3f}x" if other and tree_name != "against1" else "-"
             print(f"| {trees[tree_name].name if tree_name != 'this' else 'this checkout'} | {name} | "

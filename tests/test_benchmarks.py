@@ -42,7 +42,7 @@ def test_bench_recipes_quick_runs_every_recipe_and_reports(tmp_path, data_dir):
 
 def test_bench_nanogpt_reads_nanogpts_log_leaving_evaluation_out():
     """nanoGPT's train.py at --log_interval=1 prints 'step N: ... val loss V' before iteration N's 'iter N: ...
-    time T ms', which then includes the evaluation: such iterations (and the first) count at the median of the others."""
+    time T ms', which then includes the evaluation: such iterations (and the first) count at the others' median."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_nanogpt import parse_nanogpt_log, time_at_eval
 
