@@ -154,9 +154,11 @@ def main() -> int:
                                warmup=args.warmup)
                     variants.append((tree_name, name))
         times = {v: [] for v in variants}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for tree_name, name in variants:
                 times[(tree_name, name)] += workers[tree_name].ask(op="steps", name=name, n=args.steps)["times"]
+            print(f"round {r + 1}: " + ", ".join(f"{t} {n} {statistics.median(times[(t, n)]) * 1000:.1f} ms"
+                                                 for t, n in variants), flush=True)
         print("\n| code | recipe (precision) | ms per step (median) | vs the tree's first recipe | vs --against1 |")
         print("| --- | --- | --- | --- | --- |")
         median = {v: statistics.median(t) * 1000 for v, t in times.items()}
