@@ -63,22 +63,27 @@ class Rotary(nn.Module):
     """Rotary position embedding (RoFormer): rotates each (i, i + head_dim/2) pair of q's and k's features by
     position * freq_i, so q.k depends only on the distance between positions. HF Llama's "rotate_half" layout.
 
-    The angles are recomputed each call (a few thousand sin/cos) rather than stored: no buffer to keep in sync
-    across meta-device builds, checkpoints and FSDP."""
+    The angles are computed once per forward pass (GPT.hidden_states hands them to every layer) rather than
+    stored: no buffer to keep in sync across meta-device builds, checkpoints and FSDP."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor,
-                start: int | torch.Tensor = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k (B, heads, T, head_dim) at positions start .. start+T-1 (start: an int, or (B,) one per row)."""
-        T, device = q.size(2), q.device
+    def cos_sin(self, start: int | torch.Tensor, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (fp32) of the angles at positions start .. start+T-1: (T, head_dim/2) for an int start,
+        (B, 1, T, head_dim/2) for a (B,) tensor of per-row starts (the same angles for every head)."""
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
         angles = positions(start, T, device).float()[..., None] * inv_freq  # (T, head_dim/2) or (B, T, head_dim/2)
         if angles.dim() == 3:
-            angles = angles[:, None]  # (B, 1, T, head_dim/2): the same angles for every head
-        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+            angles = angles[:, None]
+        return angles.cos(), angles.sin()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int | torch.Tensor = 0,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, heads, T, head_dim) at positions start .. start+T-1 (cos_sin: self.cos_sin of them)."""
+        cos, sin = cos_sin if cos_sin is not None else self.cos_sin(start, q.size(2), q.device)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
 
         def rotate(x):
             x1, x2 = x.chunk(2, dim=-1)
@@ -94,6 +99,7 @@ class CausalSelfAttention(nn.Module):
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.split = (q_dim, kv_dim, kv_dim)
         self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)  # q, k, v in one matmul
+        self.c_attn.row_parts = self.split  # three matrices to Muon (scalegpt.muon.row_parts)
         self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
         self.q_norm = self.k_norm = None
@@ -108,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                layer: int = 0) -> torch.Tensor:
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.split, dim=2)
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))  # (B, T, heads, head_dim)
@@ -119,7 +125,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, k, start)
+            q, k = self.rotary(q, k, start, rope)
         if cache is None:
             mask, causal = None, True
         else:
@@ -137,6 +143,7 @@ class MLP(nn.Module):
         super().__init__()
         self.kind, hidden = config.mlp, config.mlp_width
         self.c_fc = nn.Linear(config.n_embd, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
+        self.c_fc.row_parts = (hidden,) * (2 if self.kind == "swiglu" else 1)  # [gate; up]: two matrices to Muon
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
         self.dropout = nn.Dropout(config.dropout)
@@ -162,8 +169,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), ve, cache, layer)
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), ve, cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -292,11 +299,12 @@ class GPT(nn.Module):
         if c.embed_norm:
             x = tf.embed_norm(x)
         x = x0 = tf.drop(x)
+        rope = tf.h[0].attn.rotary.cos_sin(start, T, idx.device) if c.pos_emb == "rope" else None  # for all layers
         for i, block in enumerate(tf.h):
             if c.residual_scalars:
                 x = tf.resid_lambdas[i] * x + tf.x0_lambdas[i] * x0
             ve = tf.value_embeds[str(i)](idx) if has_value_embeds(c, i) else None
-            x = block(x, ve, cache, i)
+            x = block(x, ve, cache, i, rope)
         if cache is not None:
             cache.length = cache.length + T  # not in place: a per-row tensor passed in stays as it was
         return tf.ln_f(x)

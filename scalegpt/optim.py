@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from scalegpt.errors import ScalegptError
+from scalegpt.muon import FullMatrixMuon, Muon, muon_matrices, row_parts  # noqa: F401  (muon_matrices: the API)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
@@ -77,53 +78,11 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ------------------------------------------------------------------------------------------------------ Muon
 
 
-def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """The weights Muon steps: every nn.Linear weight inside the Transformer blocks (model.transformer.h), i.e. the
-    hidden matrices. Embeddings, value embeddings, lm_head, norms, biases and scalars are AdamW's: Muon
-    orthogonalises a 2-D update, which suits a matrix mapping activations to activations, not a lookup table or the
-    logit layer (Keller Jordan's Muon post; nanochat and modded-nanogpt split the same way)."""
-    return [m.weight for m in model.transformer.h.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
-
-
-class FullMatrixMuon(torch.optim.Muon):
-    """torch.optim.Muon for FSDP2's row-sharded (DTensor) matrices: Muon orthogonalises a whole matrix's update, so
-    each step all-gathers a matrix's parameter, gradient and momentum, applies torch's own Muon update
-    (torch.optim._muon.muon, the function Muon.step calls) to the full matrix, which is the same computation on every
-    rank, and keeps this rank's rows of the new parameter and momentum. The momentum stays sharded in the optimizer
-    state (and in checkpoints) like AdamW's moments.
-
-    Handing the DTensors to torch's Muon directly would run its Newton-Schulz matmuls as DTensor operations: right for
-    evenly sharded matrices, but it fails mid-step on a matrix with fewer rows than ranks (e.g. a value-embedding gate
-    of n_kv_head rows), and its bf16 sums would be ordered differently from one process's."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        from torch.distributed.tensor import distribute_tensor
-        from torch.optim._muon import muon
-
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)  # sharded as the gradient is
-                buf = state["momentum_buffer"]
-                full_p, full_grad, full_buf = p.full_tensor(), p.grad.full_tensor(), buf.full_tensor()
-                muon([full_p], [full_grad], [full_buf], lr=group["lr"], weight_decay=group["weight_decay"],
-                     momentum=group["momentum"], nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"],
-                     eps=group["eps"], ns_steps=group["ns_steps"], adjust_lr_fn=group["adjust_lr_fn"],
-                     has_complex=False)
-                for sharded, full in ((p, full_p), (buf, full_buf)):  # every rank holds the same full result
-                    mine = distribute_tensor(full, sharded.device_mesh, sharded.placements, src_data_rank=None)
-                    sharded.to_local().copy_(mine.to_local())
-
-
 class CombinedOptimizer:
     """One or more torch optimizers stepping disjoint parameters of one model, seen by the trainer, the GradScaler,
     the guard and checkpoints as a single optimizer.
 
-    parts      {"adamw": torch.optim.AdamW, "muon": torch.optim.Muon}, stepped in that order
+    parts      {"adamw": torch.optim.AdamW, "muon": scalegpt.muon.Muon}, stepped in that order
     peak_lr    each part's peak learning rate; set_lr puts every part on the same schedule, each at its own peak
 
     state_dict() has torch's own format, as if one optimizer held all the groups (parameters numbered across the
@@ -197,7 +156,8 @@ def build_optimizers(model: nn.Module, optim, device_type: str) -> tuple[Combine
     """(the optimizer for `optim.name`, one console line per parameter group: optimizer, tensors, parameters, lr,
     decay). `optim` is the [optim] config section; `model` the unwrapped (maybe FSDP-sharded) GPT.
 
-    muon: torch.optim.Muon over muon_matrices(model) at optim.muon_lr, AdamW over everything else at optim.lr.
+    muon: scalegpt.muon.Muon (torch's Muon per logical matrix: q, k, v and SwiGLU's gate, up apart) over
+    muon_matrices(model) at optim.muon_lr, AdamW over everything else at optim.lr.
     Under DDP, Muon steps the all-reduced full gradients as in one process. Under FSDP2 the matrices are DTensors
     sharded by rows: FullMatrixMuon gathers each one, so a rank's shard is never orthogonalised on its own
     (tests/test_distributed.py checks 2-rank FSDP against one process)."""
@@ -209,9 +169,10 @@ def build_optimizers(model: nn.Module, optim, device_type: str) -> tuple[Combine
     lines = [_group_line(f"AdamW ({kernel})", g) for g in adamw.param_groups]
     if matrices:
         sharded = any(hasattr(p, "full_tensor") for p in matrices)  # FSDP2 DTensors
-        muon = (FullMatrixMuon if sharded else torch.optim.Muon)(
-            [{"params": matrices, "name": "muon"}], lr=optim.muon_lr, weight_decay=optim.muon_weight_decay,
-            momentum=optim.muon_momentum, nesterov=True, adjust_lr_fn=optim.muon_adjust_lr)
+        muon = (FullMatrixMuon if sharded else Muon)(
+            [{"params": matrices, "name": "muon"}], parts=row_parts(model), lr=optim.muon_lr,
+            weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum, nesterov=True,
+            adjust_lr_fn=optim.muon_adjust_lr)
         parts["muon"], peaks["muon"] = muon, optim.muon_lr
         lines.append(_group_line(f"Muon (momentum {optim.muon_momentum:g}, Nesterov, adjust_lr {optim.muon_adjust_lr}"
                                  f"{', full matrices gathered from the FSDP shards' if sharded else ''})",

@@ -50,3 +50,24 @@ def test_bench_serve_quick_reports_every_server_and_client_count():
                                                         ("batched", 4)]
     assert all(int(r[2]) == int(r[1]) and float(r[3]) > 0 for r in rows)  # every request answered, tokens counted
     assert "batching at 4 clients" in proc.stdout and "load average" in proc.stdout
+
+
+def test_bench_nanogpt_reads_nanogpts_log_leaving_evaluation_out():
+    """nanoGPT's train.py at --log_interval=1 prints 'step N: ... val loss V' before iteration N's 'iter N: ...
+    time T ms', which then includes the evaluation: such iterations (and the first) count at the others' median."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_nanogpt import parse_nanogpt_log, time_at_eval
+
+    log = "\n".join([
+        "step 0: train loss 4.2000, val loss 4.1900", "iter 0: loss 4.2, time 900.00ms, mfu -100.00%",
+        "iter 1: loss 4.0, time 50.00ms, mfu -100.00%", "iter 2: loss 3.9, time 70.00ms, mfu -100.00%",
+        "step 3: train loss 2.0000, val loss 1.9000", "saving checkpoint to out",
+        "iter 3: loss 2.0, time 2000.00ms, mfu 1.00%", "iter 4: loss 1.9, time 60.00ms, mfu 1.00%",
+        "step 5: train loss 1.8000, val loss 1.8000", "iter 5: loss 1.8, time 1500.00ms, mfu 1.00%"])
+    run, plain = parse_nanogpt_log(log)
+    assert plain == [50.0, 70.0, 60.0]
+    assert run.steps == [0, 3, 5] and run.val == [4.19, 1.9, 1.8]
+    # iterations 0..2 (0 at the median 60) before step 3's evaluation; 3 (median) and 4 before step 5's
+    assert run.train_s == [0.0, 0.18, 0.3]
+    assert abs(run.time_to(1.85) - 0.24) < 1e-9  # halfway between 0.18 s (1.9) and 0.3 s (1.8)
+    assert time_at_eval(run, 1.85) == 0.3

@@ -1,0 +1,80 @@
+"""scalegpt.muon: each logical matrix of a fused weight (c_attn's q, k, v with GQA; SwiGLU's gate, up) gets exactly the
+update torch.optim.Muon gives that matrix as a parameter of its own, and the batched Newton-Schulz iteration equals
+torch's per matrix."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scalegpt.config import OptimSection
+from scalegpt.model import GPT, preset_config
+from scalegpt.muon import Muon, orthogonalise, row_parts
+from scalegpt.optim import build_optimizers
+
+
+def _gqa_swiglu_model() -> GPT:
+    # 4 query heads over 2 key/value heads: c_attn is [q (32 rows); k (16); v (16)], c_fc [gate (64); up (64)]
+    return GPT(preset_config("tiny", vocab_size=100, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=64, bias=False))
+
+
+def test_row_parts_name_the_fused_matrices():
+    model = _gqa_swiglu_model()
+    parts = row_parts(model)
+    block = model.transformer.h[0]
+    assert parts[id(block.attn.c_attn.weight)] == (32, 16, 16)
+    assert parts[id(block.mlp.c_fc.weight)] == (64, 64)
+    assert id(block.attn.c_proj.weight) not in parts and id(block.mlp.c_proj.weight) not in parts
+    gpt2 = GPT(preset_config("tiny", vocab_size=100))  # no GQA, GELU: c_attn still three matrices, c_fc one
+    assert set(row_parts(gpt2).values()) == {(32, 32, 32)}
+
+
+@pytest.mark.parametrize("adjust_lr", ["original", "match_rms_adamw"])
+def test_each_part_steps_as_torchs_muon_on_that_part_alone(adjust_lr):
+    """Four steps with Nesterov momentum and weight decay: every row block of every Muon matrix follows
+    torch.optim.Muon stepping that block as a separate parameter with the block's gradient."""
+    torch.manual_seed(0)
+    model = _gqa_swiglu_model()
+    optimizer, _ = build_optimizers(model, OptimSection(name="muon", muon_lr=0.02, muon_weight_decay=0.1,
+                                                        muon_adjust_lr=adjust_lr), "cpu")
+    muon = optimizer.parts["muon"]
+    assert isinstance(muon, Muon)
+    parts = row_parts(model)
+    weights = muon.param_groups[0]["params"]
+    # the reference: one nn.Parameter per logical matrix, stepped by torch's own Muon
+    blocks = [(w, start, n) for w in weights for start, n in _spans(parts.get(id(w), (w.size(0),)))]
+    alone = [torch.nn.Parameter(w.detach()[start:start + n].clone()) for w, start, n in blocks]
+    reference = torch.optim.Muon(alone, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True,
+                                 adjust_lr_fn=adjust_lr)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for w in weights:
+            w.grad = torch.randn(w.shape, generator=g)
+        for (w, start, n), p in zip(blocks, alone):
+            p.grad = w.grad[start:start + n].clone()
+        muon.step()
+        reference.step()
+        for (w, start, n), p in zip(blocks, alone):
+            torch.testing.assert_close(w.detach()[start:start + n], p.detach(), rtol=0, atol=1e-6)
+    # and the fused update is not the whole matrix orthogonalised as one (which this change replaces)
+    assert len(blocks) > len(weights)
+
+
+def _spans(rows):
+    start = 0
+    for n in rows:
+        yield start, n
+        start += n
+
+
+def test_batched_newton_schulz_equals_torchs_per_matrix():
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _zeropower_via_newtonschulz
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(32, 32), (32, 32), (16, 32), (128, 32), (32, 128), (32, 128), (7, 5)]
+    matrices = [torch.randn(s, generator=g) * 10 for s in shapes]
+    coefficients = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
+    for m, ours in zip(matrices, orthogonalise(matrices, coefficients, 5, EPS)):
+        theirs = _zeropower_via_newtonschulz(m, coefficients, 5, EPS)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=2e-2)  # a few bf16 ulps of ~1
+
