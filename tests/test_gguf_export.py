@@ -218,11 +218,18 @@ def test_cli_export_from_a_checkpoint_and_from_a_hf_directory(sp_spec, tmp_path,
 
 def test_cli_refuses_an_existing_file_unless_overwrite_and_dtype_without_gguf(sp_spec, tmp_path, run_cli):
     save_model_dir(randomized(gpt2_config()), tmp_path / "ckpt", tokenizer_spec=sp_spec)
-    (tmp_path / "m.gguf").write_bytes(b"keep me")
-    rc, out, err = run_cli("export", "--format", "gguf", "--checkpoint", tmp_path / "ckpt", "--out",
-                           tmp_path / "m.gguf")
-    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    (tmp_path / "m.gguf").write_bytes(b"keep me")  # a file of the user's: never replaced, not even with --overwrite
+    for extra in ((), ("--overwrite",)):
+        rc, out, err = run_cli("export", "--format", "gguf", "--checkpoint", tmp_path / "ckpt", "--out",
+                               tmp_path / "m.gguf", *extra)
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and "not a GGUF file" in err
     assert (tmp_path / "m.gguf").read_bytes() == b"keep me"
+    (tmp_path / "m.gguf").unlink()
+    rc, out, err = run_cli("export", "--format", "gguf", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "m.gguf")
+    assert rc == 0, err
+    first = (tmp_path / "m.gguf").read_bytes()
+    rc, out, err = run_cli("export", "--format", "gguf", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "m.gguf")
+    assert rc == 2 and "--overwrite" in err and (tmp_path / "m.gguf").read_bytes() == first  # a GGUF of ours
     rc, out, err = run_cli("export", "--format", "gguf", "--checkpoint", tmp_path / "ckpt", "--out",
                            tmp_path / "m.gguf", "--overwrite")
     assert rc == 0, err
