@@ -85,11 +85,11 @@ def hf_dir(kind: str, tmp_path_factory):
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_f32_greedy_tokens_and_logits_equal_scalegpt_and_transformers(kind, tmp_path_factory):
     hf, d = hf_dir(kind, tmp_path_factory)
-    run("export", "--format", "gguf", "--hf", d, "--out", d / "m.gguf")
+    run("export", "--format", "gguf", "--hf", d, "--out", d.parent / f"{d.name}.gguf")  # beside the input, not in it
     model, spec = load_pretrained_with_tokenizer(str(d))
     assert spec["kind"] == "gpt2"
     prompt = gpt2_encoding().encode_ordinary(PROMPT)
-    llm = load(d / "m.gguf")
+    llm = load(d.parent / f"{d.name}.gguf")
     assert llm.tokenize(PROMPT.encode(), add_bos=False, special=False) == prompt
 
     theirs, their_logits = llamacpp_greedy(llm, prompt, NEW_TOKENS)
@@ -165,8 +165,8 @@ def test_trained_model_f32_matches_and_quantised_files_stay_coherent(trained, sh
 
 def test_gpt2_tokenizer_round_trips_tiny_shakespeare_like_tiktoken(tmp_path_factory, shakespeare_text):
     _, d = hf_dir("gpt2", tmp_path_factory)
-    run("export", "--format", "gguf", "--hf", d, "--out", d / "m.gguf")
-    llm = llama_cpp.Llama(model_path=str(d / "m.gguf"), vocab_only=True, verbose=False)
+    run("export", "--format", "gguf", "--hf", d, "--out", d.parent / f"{d.name}.gguf")  # beside the input, not in it
+    llm = llama_cpp.Llama(model_path=str(d.parent / f"{d.name}.gguf"), vocab_only=True, verbose=False)
     expected = gpt2_encoding().encode_ordinary(shakespeare_text)
     got = llm.tokenize(shakespeare_text.encode(), add_bos=False, special=False)
     print(f"\n[gguf] gpt2 tokenizer: {len(got)} llama.cpp ids vs {len(expected)} tiktoken ids on Tiny Shakespeare")

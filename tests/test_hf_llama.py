@@ -287,10 +287,12 @@ def test_char_and_sentencepiece_exports_sample_back_through_the_cli(kind, tmp_pa
     rc, out, err = run_cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf")
     assert rc == 0, err
     assert "as Qwen3ForCausalLM" in out and f"tokenizer {kind}" in out
-    # HF has no counterpart written for these tokenizers: ours travels alone, in scalegpt_tokenizer.json
+    # Ours travels in scalegpt_tokenizer.json; char also gets a tokenizer.json transformers loads, SentencePiece a
+    # tokenizer_config.json that makes AutoTokenizer refuse rather than load an empty GPT-2 tokenizer (test_hf.py)
+    hf_files = {"char": {"tokenizer.json", "tokenizer_config.json"}, "sentencepiece": {"tokenizer_config.json"}}[kind]
     assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors",
                                                              "generation_config.json", "scalegpt_tokenizer.json",
-                                                             "scalegpt_export.json"}
+                                                             "scalegpt_export.json"} | hf_files
     assert load_pretrained_with_tokenizer(str(tmp_path / "hf"))[1] == spec
     rc, out, err = run_cli("sample", "--hf", tmp_path / "hf", "--prompt", "ROMEO:", "--max-new-tokens", "8",
                            "--temperature", "0", "--device", "cpu")

@@ -511,7 +511,7 @@ def test_an_unreadable_sub_folder_is_an_error_not_a_skip(tmp_path, capsys, monke
     monkeypatch.setattr(os, "scandir", scandir)
     rc, out, err = run_cli(capsys, "--input", folder, "--out", tmp_path / "d", "--tokenizer", "char")
     assert rc == 2 and err.count("\n") == 1
-    assert f"{folder / 'locked'}: cannot read folder (Permission denied)" in err
+    assert f"{folder / 'locked'}: cannot read folder (permission denied)" in err
     assert not (tmp_path / "d").exists()
 
 
