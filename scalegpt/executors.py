@@ -31,6 +31,7 @@ from pathlib import Path
 
 from scalegpt._fs import write_text_atomically
 from scalegpt.errors import ScalegptError
+from scalegpt.outputs import check_output
 from scalegpt.prepare import FORMAT, FORMAT_VERSION, PARTIAL, _stage_metadata, _swap_in, prepare, shard_dtype
 from scalegpt.sources import InputFile, Source, discover
 from scalegpt.tokenizer import CharTokenizer, get_tokenizer, tokenizer_from_spec
@@ -232,11 +233,9 @@ def make_plan(inputs, out: Path, tokenizer: str, executor: str, tasks: int, over
     """Inputs, units, tokenizer and fingerprint of a run; refuses a changed --tasks over a run in progress."""
     if tasks is not None and tasks < 1:
         raise ScalegptError(f"--tasks must be >= 1, got {tasks}")
-    if out.exists() and not out.is_dir():
-        raise ScalegptError(f"--out {out}: exists and is not a directory")
-    if (out / "meta.json").exists() and not overwrite:
-        raise ScalegptError(f"--out {out}: already holds a prepared dataset (meta.json); "
-                            f"pass --overwrite to replace it, or choose another --out")
+    # The one output rule (scalegpt.outputs); the tasks' scratch of an interrupted run is continued without --overwrite.
+    check_output(out, kind="dataset", inputs=list(inputs), overwrite=overwrite,
+                 reuse=not os.path.lexists(out / "meta.json"))
     files = discover(list(inputs), exclude=out)
     source = Source(files, text_field=options["text_field"], encoding=options["encoding"], errors=options["errors"])
     if tokenizer == "char":  # one vocabulary for every task: built here, in one pass over all inputs

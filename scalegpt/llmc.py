@@ -21,6 +21,7 @@ import numpy as np
 
 from scalegpt._fs import fsync_dir, write_text_atomically
 from scalegpt.errors import ScalegptError
+from scalegpt.outputs import check_output
 from scalegpt.prepare import FORMAT, FORMAT_VERSION
 from scalegpt.tokenizer import GPT2Tokenizer
 
@@ -84,13 +85,14 @@ def find_shards(src: Path) -> dict[str, list[Path]]:
 def prepare_llmc(src, out, overwrite: bool = False, command: list[str] | None = None) -> dict:
     """Write OUT/meta.json (and links) describing the `.bin` shards of `src`; returns the meta dict."""
     src, out = Path(src), Path(out)
-    if out.exists() and not out.is_dir():
-        raise ScalegptError(f"--out {out}: exists and is not a directory")
-    if (out / "meta.json").exists() and not overwrite:
-        raise ScalegptError(f"--out {out}: already holds a prepared dataset (meta.json); "
-                            f"pass --overwrite to replace it, or choose another --out")
-    found = find_shards(src)
     in_place = out.exists() and out.resolve() == src.resolve()
+    if in_place:  # only meta.json is written beside the shards, which are never touched
+        if (out / "meta.json").exists() and not overwrite:
+            raise ScalegptError(f"--out {out}: already holds a prepared dataset (meta.json); "
+                                f"pass --overwrite to replace it, or choose another --out")
+    else:  # the one output rule (scalegpt.outputs): never inside the shards' folder, never over foreign files
+        check_output(out, kind="dataset", inputs=[src], overwrite=overwrite)
+    found = find_shards(src)
     tok = GPT2Tokenizer()
     splits = {}
     for split, paths in found.items():

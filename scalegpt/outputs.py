@@ -137,8 +137,9 @@ def _head(path: Path, n: int = 16) -> bytes:
 def _is_dataset(path: Path) -> bool:
     from scalegpt._fs import read_json_object
 
-    if (path / ".partial" / "state.json").is_file() and not (path / "meta.json").exists():
-        return True  # the scratch of an interrupted `scalegpt prepare`
+    partial = path / ".partial"
+    if ((partial / "state.json").is_file() or (partial / "plan.json").is_file()) and not (path / "meta.json").exists():
+        return True  # the scratch of an interrupted `scalegpt prepare` (plan.json: its --executor tasks)
     try:
         return read_json_object(path / "meta.json").get("format") == "scalegpt-tokens"
     except ScalegptError:
