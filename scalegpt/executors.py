@@ -32,9 +32,10 @@ from pathlib import Path
 from scalegpt._fs import write_text_atomically
 from scalegpt.errors import ScalegptError
 from scalegpt.outputs import check_output
-from scalegpt.prepare import FORMAT, FORMAT_VERSION, PARTIAL, _stage_metadata, _swap_in, prepare, shard_dtype
+from scalegpt.prepare import (FORMAT, FORMAT_VERSION, PARTIAL, _stage_metadata, _swap_in, build_tokenizer, prepare,
+                              shard_dtype)
 from scalegpt.sources import InputFile, Source, discover
-from scalegpt.tokenizer import CharTokenizer, get_tokenizer, tokenizer_from_spec
+from scalegpt.tokenizer import tokenizer_from_spec
 
 try:
     from datatrove.executor import SlurmPipelineExecutor
@@ -238,13 +239,7 @@ def make_plan(inputs, out: Path, tokenizer: str, executor: str, tasks: int, over
                  reuse=not os.path.lexists(out / "meta.json"))
     files = discover(list(inputs), exclude=out)
     source = Source(files, text_field=options["text_field"], encoding=options["encoding"], errors=options["errors"])
-    if tokenizer == "char":  # one vocabulary for every task: built here, in one pass over all inputs
-        chars, _ = source.char_stats()
-        if not chars:
-            raise ScalegptError(f"no text found in the inputs {[d.get('path') for d in source.describe()]}")
-        tok = CharTokenizer("".join(sorted(chars)))
-    else:
-        tok = get_tokenizer(tokenizer)
+    tok, _ = build_tokenizer(tokenizer, source)  # char: one vocabulary for every task, from all inputs
     units = work_units(files)
     if tasks is None:  # a function of the inputs, never of the machine: the bytes depend on the task count
         tasks = max(1, min(len(units), MAX_DEFAULT_TASKS))

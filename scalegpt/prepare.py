@@ -205,6 +205,19 @@ def _check_output_dir(out: Path, overwrite: bool, fingerprint: str) -> dict | No
     return state if resumable else None
 
 
+def build_tokenizer(tokenizer: "str | Tokenizer", source: Source) -> tuple[Tokenizer, int | None]:
+    """The tokenizer of a prepare run, and the inputs' character count when finding it read them all: `char` builds
+    its vocabulary from every character of the inputs (one pass), a name or path loads, a Tokenizer is used as is."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer, None
+    if tokenizer != "char":
+        return get_tokenizer(tokenizer), None
+    chars, n_chars = source.char_stats()
+    if not chars:
+        raise ScalegptError(f"no text found in the inputs {[d.get('path') for d in source.describe()]}")
+    return CharTokenizer("".join(sorted(chars))), n_chars
+
+
 def _fill_val(ids: np.ndarray, val: "ShardWriter", train: "ShardWriter", val_tokens: int,
               eot: np.ndarray) -> np.ndarray:
     """--val-tokens N: write to val the part of a val document's tokens that keeps val under 2 N; return the rest,
@@ -261,16 +274,7 @@ def prepare(inputs=(), out="data", tokenizer: str | Tokenizer = "gpt2", *, text_
         if describe_skipped(skipped):
             print(f"prepare: {describe_skipped(skipped)}")
 
-    n_chars = None
-    if isinstance(tokenizer, Tokenizer):
-        tok: Tokenizer = tokenizer
-    elif tokenizer == "char":
-        chars, n_chars = source.char_stats()
-        if not chars:
-            raise ScalegptError(f"no text found in the inputs {[d.get('path') for d in source.describe()]}")
-        tok = CharTokenizer("".join(sorted(chars)))
-    else:
-        tok = get_tokenizer(tokenizer)
+    tok, n_chars = build_tokenizer(tokenizer, source)
     spec = tok.spec()
     dtype = shard_dtype(tok.vocab_size)
 
