@@ -1,6 +1,7 @@
 """Generation: KV-cache decoding against full recomputation and transformers, sampling controls, the `sample` CLI."""
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -9,7 +10,8 @@ import torch
 
 from scalegpt.errors import ScalegptError
 from scalegpt.generate import (
-    StreamDecoder, encode_prompt, filter_logits, generate, generate_tokens, sample_next, stream,
+    OneDNNLinear, StreamDecoder, encode_prompt, filter_logits, for_cpu_decoding, generate, generate_tokens,
+    sample_next, stream,
 )
 from scalegpt.model import GPT, GPTConfig, preset_config
 from scalegpt.tokenizer import CharTokenizer, get_tokenizer
@@ -112,6 +114,32 @@ def test_greedy_matches_transformers_generate():
     assert expected.shape == (2, 30)
     assert torch.equal(run_tokens(ours, idx, 30, temperature=0), expected)
     assert torch.equal(run_tokens(ours, idx, 30, temperature=0, use_cache=False), expected)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN backend")
+@pytest.mark.parametrize("switches", [{}, dict(pos_emb="rope", norm="rmsnorm", n_kv_head=2, mlp="swiglu",
+                                               qk_norm=True, tie_embeddings=False, bias=False)])
+def test_cpu_decoding_swaps_every_linear_and_keeps_the_logits(switches):
+    """for_cpu_decoding puts every Linear (lm_head included) on oneDNN: the logits stay those of the plain model
+    to float rounding, and greedy decoding gives the same tokens."""
+    torch.manual_seed(0)
+    plain = GPT(preset_config("tiny", vocab_size=100, **switches)).eval()
+    with torch.no_grad():  # spread-out logits: no near-ties for argmax
+        for p in plain.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    packed = for_cpu_decoding(copy.deepcopy(plain))
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    assert isinstance(packed.lm_head, OneDNNLinear)
+    idx = torch.randint(0, 100, (3, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(idx), plain(idx), atol=1e-4, rtol=1e-4)
+    assert torch.equal(run_tokens(packed, idx, 20, temperature=0), run_tokens(plain, idx, 20, temperature=0))
+
+
+def test_cpu_decoding_leaves_a_bf16_model_as_it_is(tiny_model):
+    model = for_cpu_decoding(tiny_model.to(torch.bfloat16))
+    assert isinstance(model.lm_head, torch.nn.Linear)
 
 
 def test_window_slides_past_block_size(char_tok):

@@ -9,7 +9,7 @@ import torch
 
 from scalegpt.generate import generate_tokens
 from scalegpt.model import GPT, KVCache, preset_config
-from scalegpt.serve.scheduler import QueueFull, SamplingParams, Scheduler, Sequence, ShuttingDown
+from scalegpt.serve.scheduler import QueueFull, SamplingParams, Scheduler, Sequence, ShuttingDown, prefill_groups
 
 MODELS = {"gpt2": {}, "modern": dict(pos_emb="rope", norm="rmsnorm", n_kv_head=2, mlp="swiglu", qk_norm=True)}
 
@@ -87,6 +87,38 @@ def test_batched_greedy_tokens_equal_each_request_alone(kind):
     assert outs == refs
     assert reasons == ["length"] * len(prompts)
     assert scheduler.steps < sum(max_tokens)  # decode steps were shared
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_requests_arriving_together_share_one_padded_prefill(kind):
+    """Six prompts of 4-7 tokens queued before the scheduler starts join in one prefill pass (padded to 7 tokens);
+    each still gets its own greedy tokens."""
+    model = _model(kind)
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 100, (n,), generator=gen).tolist() for n in (7, 4, 6, 5, 7, 4)]
+    refs = [torch.cat(list(generate_tokens(model, torch.tensor([p]), 12, temperature=0))).tolist() for p in prompts]
+    scheduler = Scheduler(model, max_batch=8, max_queue=16)
+    outs = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+    for i, p in enumerate(prompts):
+        scheduler.submit([Sequence(p, SamplingParams(12, 0.0), lambda t, r, i=i: outs[i].append(t) if t is not None
+                                   else done.release())])
+    scheduler.start()
+    try:
+        for _ in prompts:
+            assert done.acquire(timeout=120)
+    finally:
+        scheduler.close()
+    assert outs == refs
+    assert scheduler.stats()["prefill_passes"] == 1 and scheduler.steps == 11
+
+
+def test_prefill_groups_keep_padding_at_most_double_the_prompt_tokens():
+    seqs = [Sequence([0] * n, SamplingParams(1), lambda t, r: None) for n in (3, 500, 4, 5, 600, 3)]
+    groups = [[len(s.prompt) for s in group] for group in prefill_groups(seqs)]
+    assert groups == [[3, 3, 4, 5], [500, 600]]
+    for group in groups:
+        assert len(group) * max(group) <= 2 * sum(group)
 
 
 def test_a_seeded_sample_is_the_same_alone_and_in_a_batch():

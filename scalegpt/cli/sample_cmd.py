@@ -54,7 +54,7 @@ def parse_seeds(text: str) -> list[int]:
 def run_sample(args) -> int:
     from scalegpt.cli.eval_cmd import load_model, pick_device
     from scalegpt.errors import ScalegptError
-    from scalegpt.generate import check_sampling_args, encode_prompt, generate
+    from scalegpt.generate import check_sampling_args, encode_prompt, for_cpu_decoding, generate
 
     if args.max_new_tokens < 1:
         raise ScalegptError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -63,6 +63,7 @@ def run_sample(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     device = pick_device(args.device)
     model, tokenizer, _, _ = load_model(args.checkpoint, args.hf, device)
+    model = for_cpu_decoding(model)  # the same matmuls as `scalegpt serve`, so both give the same greedy text
     check_sampling_args(args.temperature, args.top_k, args.top_p, model.config.vocab_size)
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, stop=args.stop, device=device)

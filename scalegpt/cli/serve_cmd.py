@@ -55,8 +55,11 @@ def run_serve(args) -> int:
     if not _is_loopback(args.host) and args.api_key is None:
         print(f"scalegpt: warning: --host {args.host} accepts connections from other machines, with no --api-key",
               file=sys.stderr)
+    from scalegpt.generate import for_cpu_decoding
+
     device = pick_device(args.device)
     model, tokenizer, _, where = load_model(args.checkpoint, args.hf, device)
+    model = for_cpu_decoding(model)  # batched decoding's few-row matmuls: oneDNN, not MKL (scalegpt.generate)
     where = Path(where)
     chat = load_chat_template(where, eos_token="<|endoftext|>")
     served = ServedModel(name=args.model_name or _model_name(where), tokenizer=tokenizer,

@@ -6,9 +6,12 @@ time, over one preallocated KV cache of `max_batch` rows.
     ... callback(token_id) per token, then callback(None, finish_reason) once ...
     scheduler.close()
 
-A sequence joins by a prefill of its prompt into a free row (its own positions, from 0), then takes part in every
-decode step until it stops (a stop token, max_tokens, or cancel()); a leaving sequence's row is refilled by moving the
-last active row into it, so the active rows are always 0..n-1 and a step runs over exactly the batch it needs. Rows
+Sequences join by a prefill of their prompts into free rows (each at its own positions, from 0), then take part in
+every decode step until they stop (a stop token, max_tokens, or cancel()). Sequences that arrive together are
+prefilled together, in one forward pass over their prompts padded to the longest (the padding's keys land past each
+row's length, where the row's next tokens overwrite them before any query can see them), and only the last real
+position of each prompt goes through lm_head. A leaving sequence's row is refilled by moving the last active row into
+it, so the active rows are always 0..n-1 and a step runs over exactly the batch it needs. Rows
 hold sequences of different lengths: the cache keeps a length per row and masks each row's keys past its own
 (`scalegpt.model.KVCache`), so a sequence's tokens do not depend on what it is batched with (up to float rounding).
 
@@ -75,6 +78,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.closing = False
         self.steps = 0  # decode steps run (a step over k rows counts once)
+        self.prefills = 0  # prefill forward passes run (sequences joining together share one)
         self.thread = threading.Thread(target=self._run, name="scalegpt-scheduler", daemon=True)
 
     # ------------------------------------------------------------------------------------------- the HTTP side
@@ -103,7 +107,7 @@ class Scheduler:
 
     def stats(self) -> dict:
         return {"running": len(self.active), "waiting": len(self.waiting), "max_batch": self.max_batch,
-                "max_queue": self.max_queue, "decode_steps": self.steps}
+                "max_queue": self.max_queue, "decode_steps": self.steps, "prefill_passes": self.prefills}
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new sequences, cancel those waiting or running, and wait for the thread to end."""
@@ -127,10 +131,10 @@ class Scheduler:
                         joining.append(self.waiting.popleft())
                 try:
                     for seq in joining:
-                        if not seq.cancelled:
-                            self._prefill(seq)
-                        else:
+                        if seq.cancelled:
                             _emit(seq, None, "cancelled")
+                    for group in prefill_groups([seq for seq in joining if not seq.cancelled]):
+                        self._prefill(group)
                     self._leave_finished()
                     if self.active:
                         self._decode_step()
@@ -147,13 +151,23 @@ class Scheduler:
         for seq in left:
             _emit(seq, None, "cancelled")
 
-    def _prefill(self, seq: Sequence) -> None:
-        row = len(self.active)
-        ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-        logits = self.model(ids, cache=self.cache.rows(row, row + 1))[:, -1]
-        self.lengths[row] = len(seq.prompt)
-        self.active.append(seq)
-        self._take(seq, logits, None)
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """One forward pass over the prompts of sequences joining together, into rows n..n+k-1."""
+        first, lengths = len(self.active), [len(seq.prompt) for seq in seqs]
+        ids = torch.zeros(len(seqs), max(lengths), dtype=torch.long)  # right-padded with token 0
+        for row, seq in enumerate(seqs):
+            ids[row, :lengths[row]] = torch.tensor(seq.prompt, dtype=torch.long)
+        ids = ids.to(self.device)
+        start = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
+        hidden = self.model.hidden_states(ids, cache=self.cache.rows(first, first + len(seqs), start))
+        last = torch.tensor(lengths, device=self.device) - 1
+        logits = self.model.head(hidden[torch.arange(len(seqs), device=self.device), last])  # (k, V)
+        self.lengths[first:first + len(seqs)] = torch.tensor(lengths, device=self.device)
+        self.active.extend(seqs)
+        self.prefills += 1
+        greedy = logits.argmax(dim=-1).tolist()
+        for i, seq in enumerate(seqs):
+            self._take(seq, logits[i:i + 1], greedy[i])
 
     def _decode_step(self) -> None:
         n = len(self.active)
@@ -198,6 +212,21 @@ class Scheduler:
                 self.lengths[i] = self.lengths[last]
                 self.active[i] = self.active[last]
             self.active.pop()
+
+
+def prefill_groups(seqs: list[Sequence]) -> list[list[Sequence]]:
+    """Split joining sequences into prefill batches, shortest prompts first, so that padding to a batch's longest
+    prompt at most doubles the tokens it computes (a long prompt does not make short ones pay its length)."""
+    groups: list[list[Sequence]] = []
+    real = 0
+    for seq in sorted(seqs, key=lambda seq: len(seq.prompt)):
+        if groups and (len(groups[-1]) + 1) * len(seq.prompt) <= 2 * (real + len(seq.prompt)):
+            groups[-1].append(seq)
+            real += len(seq.prompt)
+        else:
+            groups.append([seq])
+            real = len(seq.prompt)
+    return groups
 
 
 def _emit(seq: Sequence, token: int | None, reason: str | None) -> None:
