@@ -79,17 +79,13 @@ class Rotary(nn.Module):
             angles = angles[:, None]
         return angles.cos(), angles.sin()
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int | torch.Tensor = 0,
-                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k (B, heads, T, head_dim) at positions start .. start+T-1 (cos_sin: self.cos_sin of them)."""
-        cos, sin = cos_sin if cos_sin is not None else self.cos_sin(start, q.size(2), q.device)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-
-        def rotate(x):
-            x1, x2 = x.chunk(2, dim=-1)
-            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-        return rotate(q), rotate(k)
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, heads, T, head_dim) at positions start .. start+T-1 (cos_sin: self.cos_sin of them), rotated."""
+        cos, sin = cos_sin if cos_sin is not None else self.cos_sin(start, x.size(2), x.device)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -116,16 +112,21 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None, cache: "KVCache | None" = None,
                 layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split(self.split, dim=2)
-        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))  # (B, T, heads, head_dim)
+        # q's and k's heads side by side, (B, T, n_head + n_kv_head, head_dim): one norm and one rotation for both
+        qk, v = self.c_attn(x).split((self.split[0] + self.split[1], self.split[2]), dim=2)
+        qk, v = qk.view(B, T, -1, self.head_dim), v.view(B, T, -1, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            if self.q_norm.weight is None:  # then q_norm and k_norm are the same function
+                qk = self.q_norm(qk)
+            else:
+                qk = torch.cat((self.q_norm(qk[:, :, :self.n_head]), self.k_norm(qk[:, :, self.n_head:])), dim=2)
         if ve is not None:
             v = v + 2 * torch.sigmoid(self.ve_gate(x)).unsqueeze(-1) * ve.view_as(v)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
+        qk, v = qk.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, k, start, rope)
+            qk = self.rotary(qk, start, rope)
+        q, k = qk[:, :self.n_head], qk[:, self.n_head:]
         if cache is None:
             mask, causal = None, True
         else:

@@ -6,6 +6,7 @@ and computed for all matrices of one shape at once.
     Muon                   torch.optim.Muon (same hyperparameters, state and state_dict) orthogonalising per part
     FullMatrixMuon         Muon for FSDP2's row-sharded (DTensor) matrices
     orthogonalise(ms)      torch's Newton-Schulz iteration for a list of matrices, batched by shape
+    ns_dtype_for(device)   the iteration's dtype: bf16 on CUDA (torch's), fp32 on a CPU
 
 Why per part: q, k and v (and SwiGLU's gate and up) are separate matrices that are stored stacked so one matmul
 computes them all. Orthogonalising the stack mixes their singular directions and scales the update by the stack's
@@ -51,10 +52,10 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape) -> float:
 
 
 def orthogonalise(matrices: list[torch.Tensor], ns_coefficients: tuple[float, float, float], ns_steps: int,
-                  eps: float) -> list[torch.Tensor]:
-    """torch.optim.Muon's Newton-Schulz iteration (in bf16, on the wide orientation, after scaling to Frobenius norm
-    1) of each matrix, as bf16 matrices of the same shapes. Matrices whose wide orientation has the same shape go
-    through the iteration together, as one batch."""
+                  eps: float, dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
+    """torch.optim.Muon's Newton-Schulz iteration (on the wide orientation, after scaling to Frobenius norm 1) of
+    each matrix, computed in `dtype` (torch's: bf16), as matrices of that dtype and the same shapes. Matrices whose
+    wide orientation has the same shape go through the iteration together, as one batch."""
     a, b, c = ns_coefficients
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(matrices):
@@ -62,7 +63,7 @@ def orthogonalise(matrices: list[torch.Tensor], ns_coefficients: tuple[float, fl
     out: list[torch.Tensor | None] = [None] * len(matrices)
     for idx in by_shape.values():
         x = torch.stack([matrices[i].mT if matrices[i].size(0) > matrices[i].size(1) else matrices[i]
-                         for i in idx]).bfloat16()
+                         for i in idx]).to(dtype)
         x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
         for _ in range(ns_steps):
             gram = x @ x.mT
@@ -75,9 +76,10 @@ def orthogonalise(matrices: list[torch.Tensor], ns_coefficients: tuple[float, fl
 def muon_update(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
                 parts: list[tuple[int, ...] | None], *, lr: float, weight_decay: float, momentum: float,
                 nesterov: bool, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float,
-                adjust_lr_fn: str | None) -> None:
+                adjust_lr_fn: str | None, ns_dtype: torch.dtype = torch.bfloat16) -> None:
     """torch.optim.Muon's step (torch.optim._muon._single_tensor_muon) on full matrices, in place, with each
-    parameter's rows cut into `parts` (row counts; None: the whole matrix) orthogonalised and lr-scaled apart."""
+    parameter's rows cut into `parts` (row counts; None: the whole matrix) orthogonalised (in ns_dtype) and lr-scaled
+    apart."""
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
     pieces, where = [], []
@@ -89,17 +91,24 @@ def muon_update(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: lis
             start += n
     if weight_decay:  # torch multiplies by 1 - lr * 0 too; skipping it leaves the same bits
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-    for (i, start, n), ortho in zip(where, orthogonalise(pieces, ns_coefficients, ns_steps, eps)):
+    for (i, start, n), ortho in zip(where, orthogonalise(pieces, ns_coefficients, ns_steps, eps, ns_dtype)):
         params[i][start:start + n].add_(ortho, alpha=-adjusted_lr(lr, adjust_lr_fn, ortho.shape))
 
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (its hyperparameters, momentum_buffer state and state_dict) whose update treats each logical
-    matrix of a fused weight as its own parameter: `parts` maps id(weight) -> row counts (see row_parts)."""
+    matrix of a fused weight as its own parameter: `parts` maps id(weight) -> row counts (see row_parts).
 
-    def __init__(self, params, parts: dict[int, tuple[int, ...]] | None = None, **kwargs):
+    ns_dtype: the Newton-Schulz iteration's dtype. bf16 is torch's choice and suits a GPU's tensor cores; on a CPU
+    torch runs a bf16 batched matmul one matrix at a time, and without AVX-512 BF16 emulates it, so the trainer asks
+    for fp32 there (`ns_dtype_for`). Not a hyperparameter in the state_dict: a run resumed on another device uses that
+    device's choice."""
+
+    def __init__(self, params, parts: dict[int, tuple[int, ...]] | None = None,
+                 ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
         super().__init__(params, **kwargs)
         self.parts = dict(parts or {})
+        self.ns_dtype = ns_dtype
 
     def _buffer(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
@@ -110,7 +119,8 @@ class Muon(torch.optim.Muon):
     def _update(self, group: dict, params, grads, bufs, parts) -> None:
         muon_update(params, grads, bufs, parts, lr=group["lr"], weight_decay=group["weight_decay"],
                     momentum=group["momentum"], nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"],
-                    ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"])
+                    ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
+                    ns_dtype=self.ns_dtype)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -124,6 +134,13 @@ class Muon(torch.optim.Muon):
                 self._update(group, params, [p.grad for p in params], [self._buffer(p) for p in params],
                              [self.parts.get(id(p)) for p in params])
         return loss
+
+
+def ns_dtype_for(device_type: str) -> torch.dtype:
+    """Newton-Schulz in bf16 on CUDA (torch.optim.Muon's choice), in fp32 elsewhere. On the 2-core AVX2 EPYC a
+    shakespeare-char modern step took 1182 ms with bf16 Newton-Schulz (91% of it in Muon.step) against 69 ms for a
+    GPT-2-recipe step (benchmarks/bench_step.py, docs/performance.md)."""
+    return torch.bfloat16 if device_type == "cuda" else torch.float32
 
 
 class FullMatrixMuon(Muon):

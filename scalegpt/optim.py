@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 
 from scalegpt.errors import ScalegptError
-from scalegpt.muon import FullMatrixMuon, Muon, muon_matrices, row_parts  # noqa: F401  (muon_matrices: the API)
+from scalegpt.muon import (  # noqa: F401  (muon_matrices: the API)
+    FullMatrixMuon, Muon, muon_matrices, ns_dtype_for, row_parts,
+)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
@@ -170,11 +172,13 @@ def build_optimizers(model: nn.Module, optim, device_type: str) -> tuple[Combine
     if matrices:
         sharded = any(hasattr(p, "full_tensor") for p in matrices)  # FSDP2 DTensors
         muon = (FullMatrixMuon if sharded else Muon)(
-            [{"params": matrices, "name": "muon"}], parts=row_parts(model), lr=optim.muon_lr,
+            [{"params": matrices, "name": "muon"}], parts=row_parts(model), ns_dtype=ns_dtype_for(device_type),
+            lr=optim.muon_lr,
             weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum, nesterov=True,
             adjust_lr_fn=optim.muon_adjust_lr)
         parts["muon"], peaks["muon"] = muon, optim.muon_lr
-        lines.append(_group_line(f"Muon (momentum {optim.muon_momentum:g}, Nesterov, adjust_lr {optim.muon_adjust_lr}"
+        lines.append(_group_line(f"Muon (momentum {optim.muon_momentum:g}, Nesterov, adjust_lr {optim.muon_adjust_lr}, "
+                                 f"Newton-Schulz in {str(muon.ns_dtype).removeprefix('torch.')}"
                                  f"{', full matrices gathered from the FSDP shards' if sharded else ''})",
                                  muon.param_groups[0]))
     return CombinedOptimizer(parts, peaks), lines

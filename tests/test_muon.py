@@ -8,7 +8,7 @@ import torch
 
 from scalegpt.config import OptimSection
 from scalegpt.model import GPT, preset_config
-from scalegpt.muon import Muon, orthogonalise, row_parts
+from scalegpt.muon import Muon, ns_dtype_for, orthogonalise, row_parts
 from scalegpt.optim import build_optimizers
 
 
@@ -37,7 +37,8 @@ def test_each_part_steps_as_torchs_muon_on_that_part_alone(adjust_lr):
     optimizer, _ = build_optimizers(model, OptimSection(name="muon", muon_lr=0.02, muon_weight_decay=0.1,
                                                         muon_adjust_lr=adjust_lr), "cpu")
     muon = optimizer.parts["muon"]
-    assert isinstance(muon, Muon)
+    assert isinstance(muon, Muon) and muon.ns_dtype == torch.float32  # on a CPU (test_newton_schulz_dtype_...)
+    muon.ns_dtype = torch.bfloat16  # torch.optim.Muon's Newton-Schulz dtype, as on a GPU
     parts = row_parts(model)
     weights = muon.param_groups[0]["params"]
     # the reference: one nn.Parameter per logical matrix, stepped by torch's own Muon
@@ -78,3 +79,24 @@ def test_batched_newton_schulz_equals_torchs_per_matrix():
         assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == torch.bfloat16
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=2e-2)  # a few bf16 ulps of ~1
 
+
+
+def test_newton_schulz_in_fp32_is_the_same_iteration_computed_in_fp32():
+    """On a CPU the trainer runs Newton-Schulz in fp32 (bf16 matmuls there are slow or emulated): the same iteration
+    as torch's, written out here per matrix in fp32, within fp32 rounding; on CUDA it stays bf16 (torch's)."""
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS
+
+    def reference(m):
+        x = m.mT if m.size(0) > m.size(1) else m
+        x = x / x.norm().clamp(min=EPS)
+        for _ in range(5):
+            gram = x @ x.mT
+            x = DEFAULT_A * x + (DEFAULT_B * gram + DEFAULT_C * gram @ gram) @ x
+        return x.mT if m.size(0) > m.size(1) else x
+
+    g = torch.Generator().manual_seed(0)
+    matrices = [torch.randn(s, generator=g) * 10 for s in [(32, 32), (32, 32), (128, 32), (32, 128), (7, 5)]]
+    for m, ours in zip(matrices, orthogonalise(matrices, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS, torch.float32)):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, reference(m), rtol=0, atol=1e-5)
+    assert ns_dtype_for("cpu") == torch.float32 and ns_dtype_for("cuda") == torch.bfloat16

@@ -106,7 +106,8 @@ def test_muon_steps_the_block_matrices_and_adamw_the_rest(tiny_model):
     assert "transformer.wte.weight" in in_adamw and "transformer.wpe.weight" in in_adamw
     assert not set(in_adamw) & set(in_muon) and len(in_adamw) + len(in_muon) == len(names)
     assert len(lines) == 3
-    assert lines[2] == ("optimizer group muon: Muon (momentum 0.95, Nesterov, adjust_lr original), 8 tensors, "
+    assert lines[2] == ("optimizer group muon: Muon (momentum 0.95, Nesterov, adjust_lr original, Newton-Schulz in "
+                        "float32), 8 tensors, "
                         f"{sum(p.numel() for p in muon_matrices(tiny_model)):,} parameters, lr 0.03, weight decay 0.01")
     assert lines[0].startswith("optimizer group decay: AdamW (fused), 2 tensors") and "lr 0.0006" in lines[0]
 
