@@ -122,8 +122,8 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=list(SHAPES), default="shakespeare")
-    parser.add_argument("--precision", default="bf16",  # what auto picks on an idle AVX-512 BF16 CPU; auto re-measures
-                        help="comma-separated: auto, fp32, bf16 (default bf16)")
+    parser.add_argument("--precision", default="auto",  # what the presets use: bf16 only where it measures faster
+                        help="comma-separated: auto, fp32, bf16 (default auto)")
     parser.add_argument("--steps", type=int, default=10, help="steps per recipe per round (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=3)
