@@ -173,8 +173,7 @@ def build_optimizers(model: nn.Module, optim, device_type: str) -> tuple[Combine
         sharded = any(hasattr(p, "full_tensor") for p in matrices)  # FSDP2 DTensors
         muon = (FullMatrixMuon if sharded else Muon)(
             [{"params": matrices, "name": "muon"}], parts=row_parts(model), ns_dtype=ns_dtype_for(device_type),
-            lr=optim.muon_lr,
-            weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum, nesterov=True,
+            lr=optim.muon_lr, weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum, nesterov=True,
             adjust_lr_fn=optim.muon_adjust_lr)
         parts["muon"], peaks["muon"] = muon, optim.muon_lr
         lines.append(_group_line(f"Muon (momentum {optim.muon_momentum:g}, Nesterov, adjust_lr {optim.muon_adjust_lr}, "

@@ -160,14 +160,12 @@ class Scheduler:
         ids = ids.to(self.device)
         start = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
         hidden = self.model.hidden_states(ids, cache=self.cache.rows(first, first + len(seqs), start))
-        last = torch.tensor(lengths, device=self.device) - 1
-        logits = self.model.head(hidden[torch.arange(len(seqs), device=self.device), last])  # (k, V)
-        self.lengths[first:first + len(seqs)] = torch.tensor(lengths, device=self.device)
+        filled = torch.tensor(lengths, device=self.device)
+        logits = self.model.head(hidden[torch.arange(len(seqs), device=self.device), filled - 1])  # (k, V)
+        self.lengths[first:first + len(seqs)] = filled
         self.active.extend(seqs)
         self.prefills += 1
-        greedy = logits.argmax(dim=-1).tolist()
-        for i, seq in enumerate(seqs):
-            self._take(seq, logits[i:i + 1], greedy[i])
+        self._take_rows(seqs, logits)
 
     def _decode_step(self) -> None:
         n = len(self.active)
@@ -175,17 +173,21 @@ class Scheduler:
         logits = self.model(tokens, cache=self.cache.rows(0, n, self.lengths[:n]))[:, -1]
         self.lengths[:n] += 1
         self.steps += 1
+        self._take_rows(self.active, logits)
+
+    def _take_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Hand each sequence its next token from its row of the (k, V) logits."""
         greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
-        for i, seq in enumerate(self.active):
+        for i, seq in enumerate(seqs):
             self._take(seq, logits[i:i + 1], greedy[i])
 
-    def _take(self, seq: Sequence, logits: torch.Tensor, greedy: int | None) -> None:
+    def _take(self, seq: Sequence, logits: torch.Tensor, greedy: int) -> None:
         """Sample the sequence's next token from its (1, V) logits and hand it out."""
         if seq.cancelled:
             return
         p = seq.params
         if p.temperature == 0:
-            token = greedy if greedy is not None else int(logits.argmax(dim=-1))
+            token = greedy
         else:
             token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator))
         seq.generated += 1
