@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from scalegpt.config import GPTConfig, preset_config  # noqa: F401  (the model's config lives with the settings)
 from scalegpt.errors import ScalegptError
+from scalegpt.fused import mix, relu_squared, rms_norm, rotate
 from scalegpt.loss import linear_cross_entropy, softcap
 
 
@@ -44,11 +45,12 @@ def attention(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_p: fl
 
 class RMSNorm(nn.RMSNorm):
     """torch's RMSNorm, computed in fp32 and cast back (as HF Llama does): under bf16 autocast the mean square keeps
-    full precision, and torch's fused kernel runs (it refuses a bf16 input with an fp32 weight)."""
+    full precision, and torch's fused kernel runs (it refuses a bf16 input with an fp32 weight). On a CPU,
+    scalegpt.fused's version with a hand-written backward (torch's is five differentiated ops there)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.float() if self.weight is not None else None
-        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
+        return rms_norm(x.float(), weight, self.eps).to(x.dtype)
 
 
 def Norm(config: GPTConfig) -> nn.Module:
@@ -71,21 +73,22 @@ class Rotary(nn.Module):
         self.head_dim, self.theta = head_dim, theta
 
     def cos_sin(self, start: int | torch.Tensor, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (fp32) of the angles at positions start .. start+T-1: (T, head_dim/2) for an int start,
-        (B, 1, T, head_dim/2) for a (B,) tensor of per-row starts (the same angles for every head)."""
+        """The angles at positions start .. start+T-1 as (cos, sin) of head_dim features (fp32), laid out so that
+        rotating is x * cos + swap_halves(x) * sin: cos = [cos, cos], sin = [-sin, sin] over the two halves.
+        (T, head_dim) for an int start, (B, 1, T, head_dim) for a (B,) tensor of per-row starts."""
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
         angles = positions(start, T, device).float()[..., None] * inv_freq  # (T, head_dim/2) or (B, T, head_dim/2)
         if angles.dim() == 3:
             angles = angles[:, None]
-        return angles.cos(), angles.sin()
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
     def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0,
                 cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x (B, heads, T, head_dim) at positions start .. start+T-1 (cos_sin: self.cos_sin of them), rotated."""
+        """x (B, heads, T, head_dim) at positions start .. start+T-1 (cos_sin: self.cos_sin of them), rotated:
+        each pair (x_i, x_{i + head_dim/2}) by its angle."""
         cos, sin = cos_sin if cos_sin is not None else self.cos_sin(start, x.size(2), x.device)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return rotate(x, cos.to(x.dtype), sin.to(x.dtype))
 
 
 class CausalSelfAttention(nn.Module):
@@ -155,7 +158,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         elif self.kind == "relu2":
-            h = F.relu(h).square()
+            h = relu_squared(h)
         else:
             h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
         return self.dropout(self.c_proj(h))
@@ -303,7 +306,7 @@ class GPT(nn.Module):
         rope = tf.h[0].attn.rotary.cos_sin(start, T, idx.device) if c.pos_emb == "rope" else None  # for all layers
         for i, block in enumerate(tf.h):
             if c.residual_scalars:
-                x = tf.resid_lambdas[i] * x + tf.x0_lambdas[i] * x0
+                x = mix(x, x0, tf.resid_lambdas[i], tf.x0_lambdas[i])
             ve = tf.value_embeds[str(i)](idx) if has_value_embeds(c, i) else None
             x = block(x, ve, cache, i, rope)
         if cache is not None:

@@ -5,7 +5,8 @@ and computed for all matrices of one shape at once.
     row_parts(model)       how fused weights split into logical matrices: c_attn = [q; k; v], SwiGLU's c_fc = [gate; up]
     Muon                   torch.optim.Muon (same hyperparameters, state and state_dict) orthogonalising per part
     FullMatrixMuon         Muon for FSDP2's row-sharded (DTensor) matrices
-    orthogonalise(ms)      torch's Newton-Schulz iteration for a list of matrices, batched by shape
+    orthogonalise(ms)      torch's Newton-Schulz iteration for a list of matrices, batched by shape (in fp32, wide
+                           matrices iterate on their Gram matrix: the same iteration, 44% fewer FLOPs at 128 x 512)
     ns_dtype_for(device)   the iteration's dtype: bf16 on CUDA (torch's), fp32 on a CPU
 
 Why per part: q, k and v (and SwiGLU's gate and up) are separate matrices that are stored stacked so one matmul
@@ -65,12 +66,34 @@ def orthogonalise(matrices: list[torch.Tensor], ns_coefficients: tuple[float, fl
         x = torch.stack([matrices[i].mT if matrices[i].size(0) > matrices[i].size(1) else matrices[i]
                          for i in idx]).to(dtype)
         x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
-        for _ in range(ns_steps):
-            gram = x @ x.mT
-            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        if dtype == torch.float32 and x.size(-1) > 1.5 * x.size(-2) and ns_steps > 1:
+            x = _newton_schulz_on_gram(x, a, b, c, ns_steps)
+        else:
+            for _ in range(ns_steps):
+                gram = x @ x.mT
+                x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
         for j, i in enumerate(idx):
             out[i] = x[j].mT if matrices[i].size(0) > matrices[i].size(1) else x[j]
     return out
+
+
+def _newton_schulz_on_gram(x: torch.Tensor, a: float, b: float, c: float, steps: int) -> torch.Tensor:
+    """The same iteration for wide m x n matrices (n > 1.5 m), carried out on m x m matrices.
+
+    Each step is x <- p(x x^T) x with p(G) = a + b G + c G^2, so after k steps x_k = Q_k x_0, where Q_k and
+    G_k = x_k x_k^T are polynomials in G_0 = x_0 x_0^T and all of them commute: Q_{k+1} = p(G_k) Q_k and
+    G_{k+1} = p(G_k) G_k p(G_k). Iterating Q and G costs 4s - 3 products of m x m matrices plus two m x n ones (G_0
+    and Q_s x_0), against 2s m x n and s m x m products: on Muon's 128 x 512 MLP matrices, 44% fewer FLOPs. Only in
+    fp32: in bf16 the error of the squared spectrum grows with every step (the standard iteration is used there)."""
+    gram = x @ x.mT
+    q = None
+    for k in range(steps):
+        p = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        p.diagonal(dim1=-2, dim2=-1).add_(a)
+        q = p if q is None else p @ q
+        if k < steps - 1:
+            gram = p @ (gram @ p)
+    return q @ x
 
 
 def muon_update(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],

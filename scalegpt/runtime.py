@@ -156,12 +156,15 @@ def _read_json(path: Path) -> dict:
 # measured, like the precision: interleaved rounds of the model's own MLP matmul at each candidate count.
 THREAD_ROUNDS = 5
 THREAD_MIN_GAIN = 1.1  # fewer threads than the default only when they measure this much faster
+# torch's own count (one per core), as it was before any pick: a second Trainer in the same process (a benchmark, a
+# notebook) must measure the same candidates, not start from the 1 an earlier pick on a busy minute set.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def pick_threads(requested: int, rows: int, width: int, recorded: int | None = None) -> tuple[int, str]:
     """(threads, why) for CPU work, set with torch.set_num_threads. `requested` > 0 is taken as is; OMP_NUM_THREADS
     set in the environment wins over auto; a resumed run keeps `recorded`; else measured (measure_threads)."""
-    default = torch.get_num_threads()
+    default = TORCH_DEFAULT_THREADS
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     cores = os.cpu_count() or default
     if requested > 0:

@@ -109,7 +109,7 @@ def test_thread_count_is_measured_not_assumed(monkeypatch, restore_threads):
     """On a busy 2-core CPU, 2 OpenMP threads measured ~4x slower than 1: the faster count is taken, and the
     reason names the timings and the load."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(runtime, "TORCH_DEFAULT_THREADS", 2)
     monkeypatch.setattr(runtime, "measure_threads", lambda candidates, rows, width: {2: 40.0, 1: 9.5})
     monkeypatch.setattr(runtime.os, "getloadavg", lambda: (3.5, 3.0, 2.0))
     set_to = []
@@ -123,6 +123,20 @@ def test_thread_count_is_measured_not_assumed(monkeypatch, restore_threads):
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     n, why = runtime.pick_threads(0, rows=2048, width=128)
     assert n == 2 and "the CPU is oversubscribed: if steps are slow, try --train.threads 1" in why
+
+
+def test_a_second_pick_in_one_process_measures_from_torchs_default_again(monkeypatch, restore_threads):
+    """A benchmark builds several Trainers in one process: once a busy minute made one of them take 1 thread, the
+    next ones used to see torch.get_num_threads() == 1, skip measuring ("one core") and stay at 1 for good."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "TORCH_DEFAULT_THREADS", 2)
+    measured = []
+    timings = iter([{2: 40.0, 1: 9.5}, {2: 10.0, 1: 10.5}])  # busy, then quiet
+    monkeypatch.setattr(runtime, "measure_threads", lambda candidates, rows, width: measured.append(candidates)
+                        or next(timings))
+    assert runtime.pick_threads(0, rows=2048, width=128)[0] == 1 and torch.get_num_threads() == 1
+    assert runtime.pick_threads(0, rows=2048, width=128)[0] == 2 and torch.get_num_threads() == 2
+    assert measured == [[2, 1], [2, 1]]
 
 
 def test_requested_environment_and_recorded_thread_counts_win(monkeypatch, restore_threads):

@@ -1,0 +1,68 @@
+"""scalegpt.fused: hand-written backward passes give torch's values and gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scalegpt.fused import mix, relu_squared, rms_norm, rotate, swap_halves
+from scalegpt.model import Rotary
+
+
+def _values_and_grads(fn, *inputs):
+    inputs = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    out = fn(*inputs)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    grads = torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad_out)
+    return out, grads
+
+
+def _same_as_torch(ours, theirs, *inputs, tol=1e-5):
+    got, want = _values_and_grads(ours, *inputs), _values_and_grads(theirs, *inputs)
+    torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol)
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 16), (2, 4, 3, 8)])
+def test_rms_norm_matches_torch_and_gradcheck(shape, learnable):
+    x = torch.randn(shape, requires_grad=True) * 3
+    weight = torch.randn(shape[-1], requires_grad=True) if learnable else None
+    args = (x, weight) if learnable else (x,)
+    _same_as_torch(lambda x, w=None: rms_norm(x, w, 1e-5), lambda x, w=None: F.rms_norm(x, x.shape[-1:], w, 1e-5),
+                   *args)
+    double = [a.detach().double().requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda x, w=None: rms_norm(x, w, 1e-5), double)
+
+
+def test_relu_squared_matches_torch_and_gradcheck():
+    x = torch.randn(4, 7, 32, requires_grad=True)
+    _same_as_torch(relu_squared, lambda x: F.relu(x).square(), x)
+    assert torch.autograd.gradcheck(relu_squared, [torch.randn(3, 6, dtype=torch.double, requires_grad=True)])
+
+
+@pytest.mark.parametrize("start", [0, 5, "rows"])
+def test_rotate_is_the_rotary_rotation_and_gradcheck(start):
+    """rotate(x, *cos_sin) turns each pair (x_i, x_{i+d/2}) by its angle: the formula written out here."""
+    rotary, d = Rotary(8, 10000.0), 8
+    x = torch.randn(2, 3, 6, d, requires_grad=True)
+    start = torch.tensor([0, 4]) if start == "rows" else start
+    cos, sin = rotary.cos_sin(start, 6, "cpu")
+
+    def written_out(x):
+        half = rotary.cos_sin(start, 6, "cpu")
+        c, s = half[0][..., : d // 2], -half[1][..., : d // 2]  # the plain angles' cos and sin
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+    _same_as_torch(lambda x: rotate(x, cos, sin), written_out, x)
+    assert torch.autograd.gradcheck(lambda x: rotate(x, cos.double(), sin.double()),
+                                    [x.detach().double().requires_grad_()])
+    torch.testing.assert_close(swap_halves(torch.arange(4.0)), torch.tensor([2.0, 3.0, 0.0, 1.0]))
+
+
+def test_mix_matches_torch_and_gradcheck():
+    x, x0 = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True)
+    scales = torch.tensor([0.7, -0.3], requires_grad=True)
+    _same_as_torch(lambda x, x0, s: mix(x, x0, s[0], s[1]), lambda x, x0, s: s[0] * x + s[1] * x0, x, x0, scales)
+    double = [t.detach().double().requires_grad_() for t in (x, x0, scales)]
+    assert torch.autograd.gradcheck(lambda x, x0, s: mix(x, x0, s[0], s[1]), double)
