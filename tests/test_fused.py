@@ -55,9 +55,49 @@ def test_rotate_is_the_rotary_rotation_and_gradcheck(start):
         return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
 
     _same_as_torch(lambda x: rotate(x, cos, sin), written_out, x)
+    _same_as_torch(lambda x: x * cos + swap_halves(x) * sin, written_out, x)  # what rotate computes off a CPU
     assert torch.autograd.gradcheck(lambda x: rotate(x, cos.double(), sin.double()),
                                     [x.detach().double().requires_grad_()])
     torch.testing.assert_close(swap_halves(torch.arange(4.0)), torch.tensor([2.0, 3.0, 0.0, 1.0]))
+
+
+def test_under_cpu_bf16_autocast_the_modern_model_trains_as_with_torchs_ops(monkeypatch):
+    """The presets' precision auto is bf16 on a CPU with fast bf16: the hand-written passes give the gradients torch's
+    ops give there too (within bf16 rounding)."""
+    import scalegpt.fused as fused
+    from scalegpt.config import GPTConfig
+    from scalegpt.model import GPT
+
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, pos_emb="rope", norm="rmsnorm",
+                       mlp="relu2", qk_norm=True, tie_embeddings=False, embed_norm=True, residual_scalars=True)
+    torch.manual_seed(0)
+    model = GPT(config)
+    for p in model.parameters():  # no zero-initialised layers: every path carries gradient
+        torch.nn.init.normal_(p, std=0.3) if p.dim() > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+    idx, targets = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+
+    def grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx, targets)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss, ours = grads()
+    for name in ("_RMSNorm", "_ReLUSquared", "_Rotate", "_Mix"):  # torch's ops: what runs off a CPU
+        monkeypatch.setattr(getattr(fused, name), "apply", _TORCH_OPS[name])
+    want_loss, theirs = grads()
+    torch.testing.assert_close(loss, want_loss, rtol=2e-2, atol=2e-2)
+    for g, w in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2 * w.abs().max().item())
+
+
+_TORCH_OPS = {
+    "_RMSNorm": lambda x, w, eps: F.rms_norm(x, x.shape[-1:], w, eps),
+    "_ReLUSquared": lambda x: F.relu(x).square(),
+    "_Rotate": lambda x, cos, sin: x * cos + swap_halves(x) * sin,
+    "_Mix": lambda x, x0, a, b: a * x + b * x0,
+}
 
 
 def test_mix_matches_torch_and_gradcheck():
