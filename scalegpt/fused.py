@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -27,6 +28,7 @@ class _RMSNorm(torch.autograd.Function):
         return normed * weight if weight is not None else normed
 
     @staticmethod
+    @once_differentiable  # a second derivative through these would miss terms: refuse it
     def backward(ctx, grad_out: torch.Tensor):
         normed, inv_rms, weight = ctx.saved_tensors
         grad_weight = None
@@ -47,6 +49,7 @@ class _ReLUSquared(torch.autograd.Function):
         return relu * relu
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
         (relu,) = ctx.saved_tensors
         return torch.mul(grad_out, relu).mul_(2)  # 2 relu(x) is 0 where x < 0: no mask needed
@@ -64,6 +67,7 @@ class _Rotate(torch.autograd.Function):
         return torch.addcmul(x * cos, swap_halves(x), sin)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         cos, sin = ctx.saved_tensors  # the transpose of a rotation is the rotation by minus the angle
         return torch.addcmul(grad_out * cos, swap_halves(grad_out), sin, value=-1), None, None
@@ -76,6 +80,7 @@ class _Mix(torch.autograd.Function):
         return torch.addcmul(x * x_scale, x0, x0_scale)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, x0, x_scale, x0_scale = ctx.saved_tensors
         g = grad_out.reshape(-1)

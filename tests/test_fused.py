@@ -106,3 +106,10 @@ def test_mix_matches_torch_and_gradcheck():
     _same_as_torch(lambda x, x0, s: mix(x, x0, s[0], s[1]), lambda x, x0, s: s[0] * x + s[1] * x0, x, x0, scales)
     double = [t.detach().double().requires_grad_() for t in (x, x0, scales)]
     assert torch.autograd.gradcheck(lambda x, x0, s: mix(x, x0, s[0], s[1]), double)
+
+
+def test_a_second_derivative_is_refused_not_wrong():
+    x = torch.randn(2, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(rms_norm(x, None, 1e-5).pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
