@@ -221,6 +221,9 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch. Wraps around at 2^64 (torch's range): rank r of a run seeded 2^64 - 1 seeds
+    r - 1 instead of failing to start."""
+    seed %= 2**64
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -155,3 +155,11 @@ def test_measure_threads_times_every_candidate_and_leaves_the_count(restore_thre
     times = runtime.measure_threads([2, 1], rows=256, width=64)
     assert sorted(times) == [1, 2] and all(t > 0 for t in times.values())
     assert torch.get_num_threads() == before
+
+
+def test_seed_everything_wraps_at_torchs_range():
+    """train.seed may be 2^64 - 1 and each rank seeds seed + rank: rank 1 must start, as seed 0."""
+    runtime.seed_everything(2**64)
+    first = torch.rand(3)
+    runtime.seed_everything(0)
+    assert torch.equal(first, torch.rand(3))
