@@ -88,25 +88,30 @@ class _Mix(torch.autograd.Function):
                 torch.dot(g, x0.reshape(-1)).to(x0_scale.dtype))
 
 
+def hand_written(x: torch.Tensor) -> bool:
+    """Whether x's device takes the Functions above (a CPU) or torch's own ops (any other)."""
+    return x.device.type == "cpu"
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    if x.device.type != "cpu":
+    if not hand_written(x):
         return F.rms_norm(x, x.shape[-1:], weight, eps)
     return _RMSNorm.apply(x, weight, eps)
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu":
+    if not hand_written(x):
         return F.relu(x).square()
     return _ReLUSquared.apply(x)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu":
+    if not hand_written(x):
         return x * cos + swap_halves(x) * sin
     return _Rotate.apply(x, cos, sin)
 
 
 def mix(x: torch.Tensor, x0: torch.Tensor, x_scale: torch.Tensor, x0_scale: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu" or x.dtype != x0.dtype:
+    if not hand_written(x) or x.dtype != x0.dtype:
         return x_scale * x + x0_scale * x0
     return _Mix.apply(x, x0, x_scale, x0_scale)

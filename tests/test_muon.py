@@ -81,28 +81,32 @@ def test_batched_newton_schulz_equals_torchs_per_matrix():
 
 
 
+def _newton_schulz(m: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torch's Newton-Schulz iteration written out for one matrix, computed in `dtype`."""
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS
+
+    x = (m.mT if m.size(0) > m.size(1) else m).to(dtype)
+    x = x / x.norm().clamp(min=EPS)
+    for _ in range(5):
+        gram = x @ x.mT
+        x = DEFAULT_A * x + (DEFAULT_B * gram + DEFAULT_C * gram @ gram) @ x
+    return x.mT if m.size(0) > m.size(1) else x
+
+
 def test_newton_schulz_in_fp32_is_the_same_iteration_computed_in_fp32():
     """On a CPU the trainer runs Newton-Schulz in fp32 (bf16 matmuls there are slow or emulated): the same iteration
     as torch's, written out here per matrix in fp32, within fp32 rounding; on CUDA it stays bf16 (torch's)."""
     from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS
 
-    def reference(m):
-        x = m.mT if m.size(0) > m.size(1) else m
-        x = x / x.norm().clamp(min=EPS)
-        for _ in range(5):
-            gram = x @ x.mT
-            x = DEFAULT_A * x + (DEFAULT_B * gram + DEFAULT_C * gram @ gram) @ x
-        return x.mT if m.size(0) > m.size(1) else x
-
     g = torch.Generator().manual_seed(0)
     matrices = [torch.randn(s, generator=g) * 10 for s in [(32, 32), (32, 32), (128, 32), (32, 128), (7, 5)]]
     for m, ours in zip(matrices, orthogonalise(matrices, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS, torch.float32)):
         assert ours.dtype == torch.float32
-        torch.testing.assert_close(ours, reference(m), rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours, _newton_schulz(m), rtol=0, atol=1e-5)
     assert ns_dtype_for("cpu") == torch.float32 and ns_dtype_for("cuda") == torch.bfloat16
 
 
-def test_wide_matrices_iterate_on_their_gram_matrix_within_fp32_rounding():
+def test_wide_matrices_iterate_on_their_gram_matrix_within_fp32_rounding(monkeypatch):
     """Matrices more than 1.5x as wide as tall (Muon's MLP matrices) go through the same iteration written on their
     m x m Gram matrix (fewer FLOPs): it matches the iteration computed in float64, also on an ill-conditioned
     matrix (singular values from 1 down to 1e-6, as a low-rank momentum has): there its error (7e-5 on entries up to
@@ -111,14 +115,6 @@ def test_wide_matrices_iterate_on_their_gram_matrix_within_fp32_rounding():
 
     import scalegpt.muon as muon
 
-    def direct(m, dtype):
-        x = (m.mT if m.size(0) > m.size(1) else m).to(dtype)
-        x = x / x.norm().clamp(min=EPS)
-        for _ in range(5):
-            gram = x @ x.mT
-            x = DEFAULT_A * x + (DEFAULT_B * gram + DEFAULT_C * gram @ gram) @ x
-        return x.mT if m.size(0) > m.size(1) else x
-
     g = torch.Generator().manual_seed(0)
     u, _ = torch.linalg.qr(torch.randn(64, 64, generator=g))
     v, _ = torch.linalg.qr(torch.randn(256, 64, generator=g))
@@ -126,22 +122,15 @@ def test_wide_matrices_iterate_on_their_gram_matrix_within_fp32_rounding():
     matrices = [torch.randn(64, 256, generator=g), ill, ill.T.contiguous(), torch.randn(48, 80, generator=g)]
     calls = []
     real = muon._newton_schulz_on_gram
-    try:
-        muon._newton_schulz_on_gram = lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a)
-        ours = orthogonalise(matrices, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS, torch.float32)
-    finally:
-        muon._newton_schulz_on_gram = real
+    monkeypatch.setattr(muon, "_newton_schulz_on_gram", lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a))
+    ours = orthogonalise(matrices, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS, torch.float32)
     assert sorted(calls) == [(1, 48, 80), (3, 64, 256)]  # 80 > 1.5 x 48; the three 64 x 256 ones in one batch
     for m, o in zip(matrices, ours):
-        exact = direct(m, torch.float64)
+        exact = _newton_schulz(m, torch.float64)
         ours_err = (o.double() - exact).abs().max().item()
-        bf16_err = (direct(m, torch.bfloat16).double() - exact).abs().max().item()
+        bf16_err = (_newton_schulz(m, torch.bfloat16).double() - exact).abs().max().item()
         assert ours_err < 1.5e-4 and ours_err < bf16_err / 10, (ours_err, bf16_err)
     # in bf16 (torch's dtype, a GPU's) the direct iteration is kept
     calls.clear()
-    muon._newton_schulz_on_gram = lambda x, *a: calls.append(x.shape) or real(x, *a)
-    try:
-        orthogonalise(matrices[:1], (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS, torch.bfloat16)
-    finally:
-        muon._newton_schulz_on_gram = real
+    orthogonalise(matrices[:1], (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS, torch.bfloat16)
     assert calls == []
